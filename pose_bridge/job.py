@@ -1,0 +1,233 @@
+"""The job folder: the one interface between the Blender add-on and the backend.
+
+A job is a folder (see DESIGN.md)::
+
+    job/
+      job.json        JobSettings below
+      reference.png   the reference still
+      poses.json      every frame's keypoints (pose_bridge.openpose_json sequence file)
+      poses/          drawn skeletons, for people to look at
+      out/            frames/0001.png..., video.mp4, log.jsonl, result.json, latents.safetensors
+
+It lives here, in the package with the fewest dependencies, because both the add-on
+(inside Blender, no torch) and the backend read and write it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pose_bridge.errors import JobError
+
+JOB_FORMAT_VERSION = 1
+
+RETARGET_MODES = ("none", "chain", "global")
+OUTPUT_KINDS = ("frames", "video")
+SCHEDULERS = ("ddim", "dpmsolver++", "euler", "lcm")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass
+class JobSettings:
+    """Everything the backend needs to know about one generation, stored as job.json.
+
+    model: a pipeline folder (see animate_backend), or "tiny" for the small untrained
+    pipeline used by tests and demos. Frames are numbered from frame_start to frame_end
+    inclusive, as in Blender; the output frame files are 0001.png... in that order.
+    """
+
+    model: str = "tiny"
+    width: int = 512
+    height: int = 768
+    fps: float = 24.0
+    frame_start: int = 1
+    frame_end: int = 24
+    steps: int = 20
+    guidance_scale: float = 3.5
+    seed: int = 0
+    context_frames: int = 24
+    context_overlap: int = 4
+    scheduler: str = "ddim"
+    retarget: str = "none"
+    draw_hands: bool = True
+    draw_face: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+    output_kinds: list[str] = field(default_factory=lambda: ["frames", "video"])
+    # Where the job came from: blend file, scene, armature, camera, add-on version...
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = JOB_FORMAT_VERSION
+
+    @property
+    def num_frames(self) -> int:
+        return self.frame_end - self.frame_start + 1
+
+    def validate(self) -> None:
+        """Raise JobError naming every problem at once, each with what to do."""
+        problems = []
+        if self.width <= 0 or self.height <= 0 or self.width % 8 or self.height % 8:
+            problems.append(
+                f"output size {self.width}x{self.height} must be positive multiples of 8 "
+                f"(the VAE works on 8x8 pixel blocks); try "
+                f"{max(8, round(self.width / 8) * 8)}x{max(8, round(self.height / 8) * 8)}"
+            )
+        if self.frame_end < self.frame_start:
+            problems.append(
+                f"frame range {self.frame_start}-{self.frame_end} has no frames; set the end frame "
+                f"at or after the start frame"
+            )
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            problems.append(f"fps must be a positive number, got {self.fps}")
+        if self.steps < 1:
+            problems.append(f"steps must be at least 1, got {self.steps}")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            problems.append(f"guidance scale must be a number >= 0, got {self.guidance_scale}")
+        if self.context_frames < 1:
+            problems.append(f"context window must hold at least 1 frame, got {self.context_frames}")
+        if not 0 <= self.context_overlap < max(1, self.context_frames):
+            problems.append(
+                f"context overlap must be between 0 and the window length minus one "
+                f"({self.context_frames - 1}), got {self.context_overlap}"
+            )
+        for name, value, allowed in (
+            ("scheduler", self.scheduler, SCHEDULERS),
+            ("retarget", self.retarget, RETARGET_MODES),
+            ("device", self.device, DEVICES),
+            ("precision", self.precision, PRECISIONS),
+        ):
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        unknown = [k for k in self.output_kinds if k not in OUTPUT_KINDS]
+        if unknown or not self.output_kinds:
+            problems.append(f"output kinds must be a non-empty subset of {OUTPUT_KINDS}, got {self.output_kinds}")
+        if not self.model:
+            problems.append('model is empty; give a pipeline folder, or "tiny" for the untrained test model')
+        if problems:
+            raise JobError("invalid job settings:\n  - " + "\n  - ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "job.json") -> JobSettings:
+        if not isinstance(data, dict):
+            raise JobError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise JobError(f"{source}: unknown settings {unknown}; known ones are {sorted(known)}")
+        if data.get("format_version", JOB_FORMAT_VERSION) > JOB_FORMAT_VERSION:
+            raise JobError(
+                f"{source} was written by a newer version (format {data['format_version']}); "
+                f"update the backend to read it"
+            )
+        try:
+            settings = cls(**data)
+            settings.width, settings.height = int(settings.width), int(settings.height)
+            settings.frame_start, settings.frame_end = int(settings.frame_start), int(settings.frame_end)
+            settings.steps, settings.seed = int(settings.steps), int(settings.seed)
+            settings.context_frames = int(settings.context_frames)
+            settings.context_overlap = int(settings.context_overlap)
+            settings.fps, settings.guidance_scale = float(settings.fps), float(settings.guidance_scale)
+        except (TypeError, ValueError) as exc:
+            raise JobError(f"{source}: a setting has the wrong type ({exc})") from exc
+        return settings
+
+
+@dataclass
+class JobPaths:
+    """The files of one job folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference.png"
+
+    @property
+    def poses(self) -> Path:
+        return self.root / "poses.json"
+
+    @property
+    def skeletons(self) -> Path:
+        return self.root / "poses"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def frames(self) -> Path:
+        return self.out / "frames"
+
+    @property
+    def video(self) -> Path:
+        return self.out / "video.mp4"
+
+    @property
+    def log(self) -> Path:
+        return self.out / "log.jsonl"
+
+    @property
+    def result(self) -> Path:
+        return self.out / "result.json"
+
+    @property
+    def latents(self) -> Path:
+        """Final denoised latents, kept so that a rerun after a crash in decoding skips denoising."""
+        return self.out / "latents.safetensors"
+
+    def frame(self, index: int) -> Path:
+        """Output frame file of the index-th generated frame (0-based): out/frames/0001.png..."""
+        return self.frames / f"{index + 1:04d}.png"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to path then rename over it, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_settings(job_dir: Path, settings: JobSettings) -> Path:
+    settings.validate()
+    paths = JobPaths(job_dir)
+    write_json_atomic(paths.settings, settings.to_dict())
+    return paths.settings
+
+
+def read_settings(job_dir: Path) -> JobSettings:
+    paths = JobPaths(job_dir)
+    if not paths.root.is_dir():
+        raise JobError(f"job folder {paths.root} does not exist; export the job first")
+    if not paths.settings.is_file():
+        raise JobError(f"{paths.settings} is missing; a job folder needs job.json (export the job again)")
+    try:
+        data = json.loads(paths.settings.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobError(f"{paths.settings} is not valid JSON ({exc}); export the job again") from exc
+    settings = JobSettings.from_dict(data, source=str(paths.settings))
+    settings.validate()
+    return settings
