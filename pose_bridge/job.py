@@ -23,7 +23,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pose_bridge.errors import JobError
+from pose_bridge.keypoints import PoseSequence
 
 JOB_FORMAT_VERSION = 1
 
@@ -231,3 +234,93 @@ def read_settings(job_dir: Path) -> JobSettings:
     settings = JobSettings.from_dict(data, source=str(paths.settings))
     settings.validate()
     return settings
+
+
+# --------------------------------------------------------------------------- whole job folders
+
+
+@dataclass
+class Job:
+    """A job folder read back: its settings, file layout, reference still and poses."""
+
+    settings: JobSettings
+    paths: JobPaths
+    reference: np.ndarray  # (H, W, 3) uint8 RGB
+    poses: PoseSequence
+
+
+def write_job(
+    job_dir: Path, settings: JobSettings, reference_rgb: np.ndarray, poses: PoseSequence, draw_skeletons: bool = True
+) -> JobPaths:
+    """Write a job folder: reference.png, poses.json, poses/0001.png... and job.json last.
+
+    Every file is written to a temporary name and renamed, and job.json, which makes a folder
+    a job, comes last: a failed export never leaves a job that looks complete but is not.
+    Skeleton images are drawn at the poses' canvas size with the settings' hands/face
+    switches; old skeleton images beyond the new frame count are removed.
+    Raises JobError for invalid settings, a reference that is not an RGB image, or a pose
+    count that differs from the frame range.
+    """
+    # Imported here: the drawing and file modules are only needed when writing a whole job.
+    from pose_bridge.drawing import draw_sequence
+    from pose_bridge.image_io import write_png
+    from pose_bridge.openpose_json import write_sequence
+
+    settings.validate()
+    if not isinstance(poses, PoseSequence):
+        raise JobError(f"poses must be a PoseSequence, got {type(poses).__name__}")
+    if len(poses) != settings.num_frames:
+        raise JobError(
+            f"the job has {settings.num_frames} frames ({settings.frame_start}-{settings.frame_end}) but "
+            f"{len(poses)} poses were given; export poses for every frame of the range"
+        )
+    reference = np.asarray(reference_rgb)
+    if reference.dtype != np.uint8 or reference.ndim != 3 or reference.shape[2] != 3 or 0 in reference.shape:
+        raise JobError(
+            f"the reference image must be an RGB uint8 array (H, W, 3), got {reference.dtype} {reference.shape}"
+        )
+    paths = JobPaths(job_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    # Re-exporting over an old job: drop its job.json first, so that a failure half way
+    # leaves a folder read_job refuses instead of old settings over new poses.
+    paths.settings.unlink(missing_ok=True)
+    write_png(paths.reference, reference)
+    write_sequence(poses, paths.poses)
+    if draw_skeletons:
+        paths.skeletons.mkdir(exist_ok=True)
+        drawn = draw_sequence(poses, hands=settings.draw_hands, face=settings.draw_face)
+        for i, image in enumerate(drawn):
+            write_png(paths.skeletons / f"{i + 1:04d}.png", image)
+        for old in paths.skeletons.glob("[0-9][0-9][0-9][0-9].png"):
+            if int(old.stem) > len(poses):
+                old.unlink()
+    write_settings(paths.root, settings)
+    return paths
+
+
+def read_job(job_dir: Path) -> Job:
+    """Read and check a whole job folder; JobError says which file is wrong and what to do."""
+    from pose_bridge.errors import PoseBridgeError
+    from pose_bridge.image_io import read_image
+    from pose_bridge.openpose_json import read_sequence
+
+    settings = read_settings(job_dir)
+    paths = JobPaths(job_dir)
+    if not paths.reference.is_file():
+        raise JobError(f"{paths.reference} is missing; export the job again")
+    try:
+        reference = read_image(paths.reference)
+    except PoseBridgeError as exc:
+        raise JobError(f"{paths.reference} cannot be read ({exc}); export the job again") from exc
+    if not paths.poses.is_file():
+        raise JobError(f"{paths.poses} is missing; export the job again")
+    try:
+        poses = read_sequence(paths.poses)
+    except PoseBridgeError as exc:
+        raise JobError(f"{paths.poses} is invalid ({exc}); export the job again") from exc
+    if len(poses) != settings.num_frames:
+        raise JobError(
+            f"{paths.poses} has {len(poses)} frames but job.json asks for {settings.num_frames} "
+            f"({settings.frame_start}-{settings.frame_end}); export the job again"
+        )
+    return Job(settings, paths, reference, poses)

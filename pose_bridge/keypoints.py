@@ -105,8 +105,9 @@ class Pose:
         out = self.copy()
         out.canvas_width, out.canvas_height = int(width), int(height)
         for points in out.parts().values():
-            points[:, 0] *= sx
-            points[:, 1] *= sy
+            present = points[:, 2] > 0  # missing points stay at (0, 0, 0)
+            points[present, 0] *= sx
+            points[present, 1] *= sy
         return out
 
     def fitted(self, width: int, height: int) -> Pose:
@@ -122,8 +123,9 @@ class Pose:
         out = self.copy()
         out.canvas_width, out.canvas_height = int(width), int(height)
         for points in out.parts().values():
-            points[:, 0] = points[:, 0] * scale + ox
-            points[:, 1] = points[:, 1] * scale + oy
+            present = points[:, 2] > 0  # missing points stay at (0, 0, 0)
+            points[present, 0] = points[present, 0] * scale + ox
+            points[present, 1] = points[present, 1] * scale + oy
         return out
 
 

@@ -1,0 +1,253 @@
+"""Image and video files: PNG, any image Pillow reads, and H.264 mp4 through PyAV.
+
+Writing a PNG needs nothing but the standard library (zlib), so the add-on can write job
+folders inside Blender, whose Python has numpy but no Pillow. Reading images in other
+formats needs Pillow; video needs PyAV. Both are imported only when used.
+
+Every writer writes a temporary file next to the target and renames it over the target,
+so a crash or an error never leaves half a file where a user's file was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from pose_bridge.errors import PoseDataError, PoseFileError
+
+logger = logging.getLogger(__name__)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@contextmanager
+def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is renamed over `path`.
+
+    On any error the temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise PoseDataError(f"expected an RGB image array (H, W, 3) of uint8, got {rgb.dtype} {rgb.shape}")
+    return np.ascontiguousarray(rgb)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def encode_png(rgb: np.ndarray, level: int = 6) -> bytes:
+    """An 8-bit RGB PNG file's bytes, made with zlib only (rows unfiltered)."""
+    rgb = _check_rgb(rgb)
+    height, width = rgb.shape[:2]
+    rows = np.zeros((height, 1 + width * 3), dtype=np.uint8)  # filter byte 0 ("None") per row
+    rows[:, 1:] = rgb.reshape(height, width * 3)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bit, colour type 2 (RGB)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _chunk(b"IEND", b"")
+
+
+def decode_png(data: bytes, source: str = "PNG") -> np.ndarray:
+    """Decode 8-bit RGB/RGBA non-interlaced PNGs (what encode_png, Pillow and Blender write) without Pillow.
+
+    Other kinds raise PoseFileError asking for Pillow; read_image uses Pillow when it can.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        raise PoseFileError(f"{source} is not a PNG file")
+    pos, header, idat = len(PNG_SIGNATURE), None, []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if header is None:
+        raise PoseFileError(f"{source} has no PNG header")
+    width, height, depth, colour, _, _, interlace = header
+    channels = {2: 3, 6: 4}.get(colour)
+    if depth != 8 or channels is None or interlace:
+        raise PoseFileError(f"{source}: this PNG kind needs Pillow to be read (install pillow)")
+    try:
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
+        rows = raw.reshape(height, 1 + width * channels)
+    except (zlib.error, ValueError) as exc:
+        raise PoseFileError(f"{source} is damaged ({exc})") from exc
+    out = np.empty((height, width * channels), dtype=np.uint8)
+    previous = np.zeros(width * channels, dtype=np.uint8)
+    for y in range(height):
+        kind, line = rows[y, 0], rows[y, 1:]
+        if kind == 0:
+            current = line
+        elif kind == 2:  # Up
+            current = line + previous
+        elif kind == 1:  # Sub: a running sum per channel
+            current = np.cumsum(line.reshape(width, channels).astype(np.int64), axis=0).astype(np.uint8).reshape(-1)
+        elif kind in (3, 4):  # Average, Paeth: pixel by pixel (slow, but only without Pillow)
+            current = _unfilter_sequential(kind, line, previous, channels)
+        else:
+            raise PoseFileError(f"{source} is damaged (unknown row filter {kind})")
+        out[y] = current
+        previous = current
+    return out.reshape(height, width, channels)[:, :, :3].copy()
+
+
+def _unfilter_sequential(kind: int, line: np.ndarray, previous: np.ndarray, channels: int) -> np.ndarray:
+    line = line.reshape(-1, channels).astype(np.int64)
+    up = previous.reshape(-1, channels).astype(np.int64)
+    out = np.zeros_like(line)
+    left = np.zeros(channels, dtype=np.int64)
+    up_left = np.zeros(channels, dtype=np.int64)
+    for i in range(len(line)):
+        if kind == 3:
+            predictor = (left + up[i]) // 2
+        else:
+            p = left + up[i] - up_left
+            pa, pb, pc = np.abs(p - left), np.abs(p - up[i]), np.abs(p - up_left)
+            predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up[i], up_left))
+        out[i] = (line[i] + predictor) % 256
+        left, up_left = out[i], up[i]
+    return out.astype(np.uint8).reshape(-1)
+
+
+def write_png(path: Path | str, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 array as a PNG file, atomically."""
+    atomic_write_bytes(path, encode_png(rgb))
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array (alpha dropped, grey expanded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PoseFileError(f"image {path} does not exist")
+    try:
+        from PIL import Image
+    except ImportError:
+        return decode_png(path.read_bytes(), str(path))
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except OSError as exc:
+        raise PoseFileError(f"{path} cannot be read as an image ({exc})") from exc
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as exc:
+        raise PoseFileError("reading or writing video needs PyAV: pip install av") from exc
+    return av
+
+
+def write_video(path: Path | str, frames: Iterable[np.ndarray], fps: float, crf: int = 18) -> int:
+    """Encode RGB uint8 frames as an H.264 (yuv420p) mp4, atomically. Returns the frame count.
+
+    yuv420p needs even sizes: an odd width or height gets one black pixel column/row more.
+    """
+    av = _import_av()
+    from fractions import Fraction
+
+    path = Path(path)
+    count = 0
+    with atomic_path(path, suffix=path.suffix or ".mp4") as tmp:
+        container = av.open(str(tmp), mode="w")
+        try:
+            stream = None
+            for frame in frames:
+                frame = _check_rgb(frame)
+                if stream is None:
+                    height, width = frame.shape[:2]
+                    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                    stream.width, stream.height = width + width % 2, height + height % 2
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf)}
+                if frame.shape[:2] != (height, width):
+                    raise PoseDataError(
+                        f"video frame {count} is {frame.shape[1]}x{frame.shape[0]}, the first was {width}x{height}"
+                    )
+                if width % 2 or height % 2:
+                    frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)))
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+                count += 1
+            if stream is None:
+                raise PoseDataError(f"no frames to write to {path}")
+            for packet in stream.encode():
+                container.mux(packet)
+        finally:
+            container.close()
+    return count
+
+
+def read_video(path: Path | str) -> Iterator[np.ndarray]:
+    """The frames of a video file as RGB uint8 arrays, one at a time."""
+    av = _import_av()
+    path = Path(path)
+    if not path.is_file():
+        raise PoseFileError(f"video {path} does not exist")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise PoseFileError(f"{path} cannot be opened as a video ({exc})") from exc
+    with container:
+        if not container.streams.video:
+            raise PoseFileError(f"{path} has no video stream")
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def video_fps(path: Path | str) -> float:
+    """Frames per second of a video file's first video stream."""
+    av = _import_av()
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise PoseFileError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    except av.error.FFmpegError as exc:
+        raise PoseFileError(f"{path} cannot be opened as a video ({exc})") from exc
+    if not rate:
+        raise PoseFileError(f"{path}: the video does not say its frame rate")
+    return float(rate)
+
+
+def video_frame_count(path: Path | str) -> int | None:
+    """Number of frames the container claims (None if it does not say): for progress bars."""
+    av = _import_av()
+    try:
+        with av.open(str(path)) as container:
+            frames = container.streams.video[0].frames if container.streams.video else 0
+    except av.error.FFmpegError:
+        return None
+    return frames or None
