@@ -1,0 +1,41 @@
+"""Animate Anyone for Blender: a rigged character's motion into video.
+
+The add-on is thin (DESIGN.md): settings, a panel, operators, armature-to-keypoint
+projection, the reference still, the backend client and importing results. The model
+runs in a separate backend process (`python -m animate_backend serve`), or inside
+Blender when torch is installed there. torch is never imported here.
+
+Installed as an extension this package is imported as bl_ext.<repo>.animate_anyone, so
+modules import each other relatively; pose_bridge comes from the bundled wheel.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# Submodules in registration order (properties first: the others refer to them).
+_MODULE_NAMES = ("properties", "preferences", "operators", "panel")
+
+
+def _modules():
+    return [importlib.import_module(f".{name}", __name__) for name in _MODULE_NAMES]
+
+
+def register() -> None:
+    """Register every class and hook. Registering again is harmless: each module skips what is registered."""
+    done = []
+    try:
+        for module in _modules():
+            module.register()
+            done.append(module)
+    except Exception:
+        # Leave Blender as it was: a half-registered add-on cannot be unregistered cleanly.
+        for module in reversed(done):
+            module.unregister()
+        raise
+
+
+def unregister() -> None:
+    """Undo register(): classes, the status-bar hook, the scene property; stops a running backend process."""
+    for module in reversed(_modules()):
+        module.unregister()

@@ -1,0 +1,242 @@
+"""Generate, as a small controller the modal operator drives: start, poll, cancel, finish.
+
+Modal operators with timers need an event loop; tests and scripts have none. Keeping the
+work here, in plain methods, lets the Generate operator call them from its timer and
+tests call them directly:
+
+    controller = GenerateController(scene, options, job_dir, runner, import_mode="PLANE")
+    controller.start()                 # writes the job folder (main thread), sends it to the backend
+    while not controller.finished:
+        controller.poll()              # drains events: progress, frames, done / cancelled / error
+    controller.finish()                # imports the result (main thread); returns what it made
+
+The runner is a backend_client.BackendClient (a local server process) or an
+inprocess.InProcessRunner; both give protocol events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pose_bridge.job import JobPaths
+
+from .errors import AddonError
+
+log = logging.getLogger(__name__)
+
+STAGE_LABELS = {
+    "exporting": "Writing the job",
+    "starting": "Starting the backend",
+    "loading": "Loading the model",
+    "preparing": "Preparing",
+    "reference": "Reading the reference",
+    "denoising": "Denoising",
+    "decoding": "Decoding frames",
+    "encoding": "Writing the video",
+    "done": "Done",
+}
+
+
+@dataclass
+class Progress:
+    """The latest progress event, in a form the panel and status bar can show."""
+
+    stage: str = "starting"
+    step: int | None = None
+    steps: int | None = None
+    window: int | None = None
+    windows: int | None = None
+    frames_done: int = 0
+    frames_total: int | None = None
+    eta_s: float | None = None
+    message: str = ""
+
+    def update(self, event: dict[str, Any]) -> None:
+        self.stage = event.get("stage") or self.stage
+        for key in ("step", "steps", "window", "windows", "frames_total", "eta_s"):
+            setattr(self, key, event.get(key))
+        if event.get("frames_done") is not None:
+            self.frames_done = int(event["frames_done"])
+        self.message = event.get("message") or ""
+
+    def headline(self) -> str:
+        text = STAGE_LABELS.get(self.stage, self.stage.title())
+        if self.stage == "denoising" and self.steps:
+            text += f" step {self.step or 0}/{self.steps}"
+            if self.windows and self.windows > 1:
+                text += f", window {self.window or 0}/{self.windows}"
+        return text
+
+    def detail(self) -> str:
+        parts = []
+        if self.frames_total:
+            parts.append(f"frames {self.frames_done}/{self.frames_total}")
+        if self.eta_s is not None:
+            parts.append(f"about {_duration(self.eta_s)} left")
+        return ", ".join(parts) or self.message or "..."
+
+    def factor(self) -> float:
+        """0..1 for a progress bar: denoising is most of the work, decoding the rest."""
+        if self.stage == "denoising" and self.steps:
+            windows = max(1, self.windows or 1)
+            done = (max(0, (self.step or 1) - 1) * windows + (self.window or windows)) / (self.steps * windows)
+            return 0.9 * min(1.0, done)
+        if self.stage in ("decoding", "encoding", "done") and self.frames_total:
+            return 0.9 + 0.1 * min(1.0, self.frames_done / self.frames_total)
+        return 0.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class GenerateController:
+    """One Generate run. States: new, running, cancelling, done, cancelled, failed."""
+
+    def __init__(self, scene, options, job_dir: str | Path, runner, import_mode: str = "PLANE", camera=None) -> None:
+        self.scene = scene
+        self.options = options
+        self.job_dir = Path(job_dir)
+        self.runner = runner
+        self.import_mode = import_mode
+        self.camera = camera
+        self.job_id = f"job-{uuid.uuid4().hex[:8]}"
+        self.state = "new"
+        self.progress = Progress()
+        self.message = ""
+        self.error_kind: str | None = None
+        self.result: dict[str, Any] | None = None
+        self.frames_done = 0
+        self.paths: JobPaths | None = None
+        self.imported = None
+        self.started_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "cancelled", "failed")
+
+    def start(self) -> JobPaths:
+        """Write the job folder and hand it to the backend. Raises AddonError for a scene that cannot work."""
+        from .job_export import export_job
+
+        if self.state != "new":
+            raise AddonError("this Generate run has already been started")
+        self.started_at = time.monotonic()
+        self.progress = Progress(stage="exporting")
+        self.paths = export_job(self.scene, self.options, self.job_dir)
+        self.progress = Progress(stage="starting")
+        self.runner.start()
+        self.runner.run(self.paths.root, self.job_id)
+        self.state = "running"
+        return self.paths
+
+    def poll(self) -> str:
+        """Take in the events that arrived; returns the state. Never blocks."""
+        if self.finished or self.state == "new":
+            return self.state
+        for event in self.runner.poll_events():
+            self._on_event(event)
+            if self.finished:
+                break
+        return self.state
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> str:
+        """Poll until finished (for scripts and tests); cancels and fails when a timeout runs out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() not in ("done", "cancelled", "failed"):
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                self._fail("internal", f"the backend did not finish within {timeout:.0f} s")
+                break
+            time.sleep(interval)
+        return self.state
+
+    def cancel(self) -> None:
+        """Ask the backend to stop; frames finished so far stay in the job folder."""
+        if self.state == "running":
+            self.runner.cancel(self.job_id)
+            self.state = "cancelling"
+            self.progress.message = "cancelling"
+
+    def finish(self):
+        """Import the result on the main thread; returns the object/strip/node (None if nothing)."""
+        from .importing import import_result
+
+        if not self.finished:
+            raise AddonError("Generate has not finished yet")
+        if self.imported is not None:
+            return self.imported
+        if self.state == "failed" or self.import_mode == "NONE":
+            return None
+        if self.state == "cancelled" and self.frames_done == 0:
+            return None
+        self.imported = import_result(self.scene, self.paths.root, self.import_mode, camera=self.camera)
+        return self.imported
+
+    # ------------------------------------------------------------ events
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        job_id = event.get("id")
+        if job_id is not None and job_id != self.job_id:
+            return  # an event of another run (a late one from a cancelled job)
+        if kind == "progress":
+            self.progress.update(event)
+        elif kind == "frame":
+            self.frames_done = max(self.frames_done, int(event.get("index", -1)) + 1)
+            self.progress.frames_done = max(self.progress.frames_done, self.frames_done)
+        elif kind == "done":
+            self.result = event.get("result") or {}
+            self.frames_done = int(self.result.get("frames", self.frames_done))
+            self.state = "done"
+            seconds = time.monotonic() - (self.started_at or time.monotonic())
+            self.message = f"Generated {self.frames_done} frames in {_duration(seconds)}"
+            if self.result.get("untrained"):
+                self.message += " with the UNTRAINED tiny model (noise, not a character)"
+        elif kind == "cancelled":
+            self.frames_done = int(event.get("frames_done") or self._count_frames())
+            self.state = "cancelled"
+            self.message = f"Cancelled; {self.frames_done} finished frames kept in {self.paths.frames}"
+        elif kind == "error":
+            self._fail(event.get("kind") or "internal", event.get("message") or "the backend failed")
+
+    def _fail(self, kind: str, message: str) -> None:
+        self.state = "failed"
+        self.error_kind = kind
+        self.message = message
+        self.frames_done = self._count_frames()
+
+    def _count_frames(self) -> int:
+        if self.paths is None or not self.paths.frames.is_dir():
+            return 0
+        return len(list(self.paths.frames.glob("*.png")))
+
+
+# The run the panel shows; one at a time.
+ACTIVE: GenerateController | None = None
+
+
+def new_job_dir(output_dir: str | Path, scene_name: str) -> Path:
+    """output_dir/<scene>_<date-time>[_n]: a new folder name for each run, never an old one reused."""
+    import re
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", scene_name).strip("_") or "scene"
+    base = Path(output_dir) / f"{safe}_{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}_{n}")
+    return candidate

@@ -1,0 +1,330 @@
+"""Writing a job folder from a scene: the add-on's half of the job (DESIGN.md).
+
+    options = ExportOptions(armature="Hero", frame_start=1, frame_end=48, model="/models/aa")
+    paths = export_job(bpy.context.scene, options, "/shots/sh010/job")
+
+writes job.json, poses.json, the drawn skeletons in poses/, reference.png and, for a
+rendered reference, reference_pose.json (the armature's keypoints at the reference
+frame, for retargeting). The folder is written next to its final place and swapped in
+when complete, so an existing job is never left half overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import bpy
+import numpy as np
+
+from pose_bridge import drawing, openpose_json
+from pose_bridge.errors import PoseBridgeError
+from pose_bridge.job import JobPaths, JobSettings, write_job
+
+from . import projection, reference
+from .errors import AddonError
+
+log = logging.getLogger(__name__)
+
+REFERENCE_POSE_FILE = "reference_pose.json"  # read by animate_backend.job_runner for retargeting
+REFERENCE_MODES = ("render", "image")
+
+
+@dataclass
+class ExportOptions:
+    """Everything export_job needs besides the scene. Empty / None values mean "the scene's".
+
+    armature: object name; "" = the scene's only armature.
+    camera: object name; None or "" = the scene's camera.
+    frame_start / frame_end: None = the scene's frame range.
+    width / height: multiples of 8; None = the render size (with its percentage) rounded
+        to multiples of 8 (see output_size).
+    mapping: bone-mapping overrides on top of the detected preset (projection.resolve_mapping):
+        {"left_wrist": "hand.L", "right_hand.index_1": ("f_index.01.R", "tail"), "nose": None, ...}
+        or the panel's {"body": {...}, "left_hand": {...}, "right_hand": {...}}.
+    preset: "auto", "none" or a pose_bridge.bone_presets.PRESETS name.
+    reference: "render" (a still of the scene at reference_frame with engine) or "image"
+        (image_path; reference_pose_path optionally gives its skeleton for retargeting).
+    engine: "SCENE", "WORKBENCH", "CYCLES" or "EEVEE".
+    The rest are the generation settings of pose_bridge.job.JobSettings.
+    """
+
+    armature: str = ""
+    camera: str | None = None
+    frame_start: int | None = None
+    frame_end: int | None = None
+    width: int | None = None
+    height: int | None = None
+    mapping: dict[str, Any] = field(default_factory=dict)
+    preset: str = "auto"
+    hands: bool = True
+    face: bool = True
+    occlusion: bool = False
+    reference: str = "render"
+    reference_frame: int | None = None  # None = frame_start
+    engine: str = "SCENE"
+    image_path: str = ""
+    reference_pose_path: str = ""
+    draw_skeletons: bool = True
+    # Generation (pose_bridge.job.JobSettings).
+    model: str = "tiny"
+    steps: int = 20
+    guidance: float = 3.5
+    seed: int = 0
+    context_frames: int = 24
+    context_overlap: int = 4
+    scheduler: str = "ddim"
+    retarget: str = "none"
+    device: str = "auto"
+    precision: str = "auto"
+    output_kinds: list[str] = field(default_factory=lambda: ["frames", "video"])
+    # Extra provenance recorded in job.json (the batch module stores its shot fingerprint here).
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def round_to_8(value: int) -> int:
+    return max(8, int(round(value / 8.0)) * 8)
+
+
+def output_size(scene: bpy.types.Scene) -> tuple[int, int, str]:
+    """(width, height, note): the scene's render size with its percentage, rounded to multiples of 8.
+
+    note is "" when no rounding was needed, else says what changed (the panel shows it).
+    """
+    render = scene.render
+    width = max(1, render.resolution_x * render.resolution_percentage // 100)
+    height = max(1, render.resolution_y * render.resolution_percentage // 100)
+    rounded = round_to_8(width), round_to_8(height)
+    note = ""
+    if rounded != (width, height):
+        note = f"render size {width}x{height} rounded to {rounded[0]}x{rounded[1]} (multiples of 8)"
+    return rounded[0], rounded[1], note
+
+
+def addon_version() -> str:
+    """The version in blender_manifest.toml next to this module ("unknown" without one)."""
+    manifest = Path(__file__).with_name("blender_manifest.toml")
+    try:
+        return str(tomllib.loads(manifest.read_text(encoding="utf-8")).get("version", "unknown"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+@dataclass
+class _Resolved:
+    """ExportOptions with every "the scene's" value filled in and checked."""
+
+    armature: bpy.types.Object
+    camera: bpy.types.Object
+    frame_start: int
+    frame_end: int
+    width: int
+    height: int
+    size_note: str
+
+
+def _resolve(scene: bpy.types.Scene, options: ExportOptions) -> _Resolved:
+    armature = projection.resolve_armature(scene, options.armature)
+    camera = projection.resolve_camera(scene, options.camera)
+    start = scene.frame_start if options.frame_start is None else int(options.frame_start)
+    end = scene.frame_end if options.frame_end is None else int(options.frame_end)
+    projection.check_frame_range(start, end)
+    note = ""
+    if options.width is None or options.height is None:
+        width, height, note = output_size(scene)
+        width = width if options.width is None else int(options.width)
+        height = height if options.height is None else int(options.height)
+    else:
+        width, height = int(options.width), int(options.height)
+    projection.check_size(width, height)
+    return _Resolved(armature, camera, start, end, width, height, note)
+
+
+def _project(
+    scene, options: ExportOptions, resolved: _Resolved, start: int, end: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> projection.ProjectionResult:
+    return projection.project_sequence(
+        scene, resolved.armature, resolved.camera, start, end, resolved.width, resolved.height,
+        overrides=options.mapping, preset=options.preset, hands=options.hands, face=options.face,
+        occlusion=options.occlusion, progress=progress,
+    )
+
+
+def preview_skeleton(scene: bpy.types.Scene, options: ExportOptions, frame: int | None = None) -> np.ndarray:
+    """The skeleton of one frame (default: the current one) drawn at the output size; (H, W, 3) uint8."""
+    resolved = _resolve(scene, options)
+    frame = scene.frame_current if frame is None else int(frame)
+    result = _project(scene, options, resolved, frame, frame)
+    pose = result.poses[0]
+    return drawing.draw_pose(
+        pose, hands=options.hands, face=options.face,
+        stroke_scale=drawing.stroke_scale_for(pose.canvas_width, pose.canvas_height),
+    )
+
+
+def _reference_image(scene, options: ExportOptions, resolved: _Resolved, reference_frame: int) -> np.ndarray:
+    mode = options.reference.lower()
+    if mode == "render":
+        return reference.render_still(
+            scene, resolved.camera, reference_frame, resolved.width, resolved.height, options.engine
+        )
+    if mode == "image":
+        if not options.image_path:
+            raise AddonError("reference is 'image' but no image file is given; pick an image of the character")
+        return reference.load_image(options.image_path)
+    raise AddonError(f"unknown reference mode '{options.reference}'; use one of {', '.join(REFERENCE_MODES)}")
+
+
+def _job_settings(scene, options: ExportOptions, resolved: _Resolved, provenance: dict[str, Any]) -> JobSettings:
+    settings = JobSettings(
+        model=options.model,
+        width=resolved.width,
+        height=resolved.height,
+        fps=scene.render.fps / scene.render.fps_base,
+        frame_start=resolved.frame_start,
+        frame_end=resolved.frame_end,
+        steps=int(options.steps),
+        guidance_scale=float(options.guidance),
+        seed=int(options.seed),
+        context_frames=int(options.context_frames),
+        context_overlap=int(options.context_overlap),
+        scheduler=options.scheduler,
+        retarget=options.retarget,
+        draw_hands=bool(options.hands),
+        draw_face=bool(options.face),
+        device=options.device,
+        precision=options.precision,
+        output_kinds=list(options.output_kinds),
+        provenance=provenance,
+    )
+    try:
+        settings.validate()
+    except PoseBridgeError as exc:
+        raise AddonError(str(exc)) from exc
+    return settings
+
+
+def _check_replaceable(job_dir: Path) -> None:
+    """An existing folder is only replaced when it is empty or a job folder: never a user's folder."""
+    if not job_dir.exists():
+        return
+    if not job_dir.is_dir():
+        raise AddonError(f"{job_dir} is a file, not a folder; choose another output folder for the job")
+    if any(job_dir.iterdir()) and not JobPaths(job_dir).settings.is_file():
+        raise AddonError(
+            f"{job_dir} already holds files and is not a job folder (no job.json); choose an empty or new "
+            f"folder for the job, so that nothing of yours is replaced"
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_in(tmp_dir: Path, job_dir: Path) -> None:
+    """Put the finished tmp_dir where job_dir is, keeping the old job until the new one is in place."""
+    old = None
+    if job_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{job_dir.name}.old-", dir=job_dir.parent))
+        old.rmdir()
+        os.replace(job_dir, old)
+    try:
+        os.replace(tmp_dir, job_dir)
+    except OSError:
+        if old is not None:
+            os.replace(old, job_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_job(
+    scene: bpy.types.Scene,
+    options: ExportOptions,
+    job_dir: str | os.PathLike,
+    progress: Callable[[int, int], None] | None = None,
+) -> JobPaths:
+    """Write the job folder job_dir for scene and options; returns its JobPaths.
+
+    Raises AddonError (no armature, no camera, unmapped body bones, empty frame range,
+    bad size, a render that failed...) before anything is written at job_dir.
+    progress(done, total) is called after each projected frame.
+    """
+    job_dir = Path(bpy.path.abspath(str(job_dir))).resolve()
+    _check_replaceable(job_dir)
+    resolved = _resolve(scene, options)
+    mode = options.reference.lower()
+    if mode not in REFERENCE_MODES:
+        raise AddonError(f"unknown reference mode '{options.reference}'; use one of {', '.join(REFERENCE_MODES)}")
+    if mode == "image" and options.retarget != "none" and not options.reference_pose_path:
+        raise AddonError(
+            f"retarget is '{options.retarget}' with an image reference, which needs the image's skeleton: "
+            f"give its OpenPose file (python -m pose_bridge detect makes one), or turn retargeting off"
+        )
+    # Bad generation settings fail here, before the projection and the render take time.
+    settings = _job_settings(scene, options, resolved, provenance={})
+
+    result = _project(scene, options, resolved, resolved.frame_start, resolved.frame_end, progress)
+    if result.unmapped:
+        log.info("keypoints without a bone (drawn as missing): %s", ", ".join(result.unmapped))
+    reference_frame = resolved.frame_start if options.reference_frame is None else int(options.reference_frame)
+    reference_rgb = _reference_image(scene, options, resolved, reference_frame)
+    reference_pose = None
+    if mode == "render":
+        if resolved.frame_start <= reference_frame <= resolved.frame_end:
+            reference_pose = result.poses[reference_frame - resolved.frame_start]
+        else:
+            reference_pose = _project(scene, options, resolved, reference_frame, reference_frame).poses[0]
+
+    settings.provenance = {
+        "blend_file": bpy.data.filepath,
+        "scene": scene.name,
+        "armature": resolved.armature.name,
+        "camera": resolved.camera.name,
+        "addon_version": addon_version(),
+        "blender_version": bpy.app.version_string,
+        "preset": result.mapping.preset,
+        "unmapped": result.unmapped,
+        "face_mesh": result.face_mesh,
+        "size_note": resolved.size_note,
+        "occlusion": bool(options.occlusion),
+        "reference": (
+            {"mode": "render", "frame": reference_frame, "engine": options.engine.upper()}
+            if mode == "render" else {"mode": "image", "path": str(options.image_path)}
+        ),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **options.provenance,
+    }
+
+    job_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{job_dir.name}.new-", dir=job_dir.parent))
+    tmp_dir.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a job folder is an ordinary folder
+    try:
+        try:
+            paths = write_job(tmp_dir, settings, reference_rgb, result.poses, draw_skeletons=options.draw_skeletons)
+        except PoseBridgeError as exc:
+            raise AddonError(f"writing the job failed: {exc}") from exc
+        if reference_pose is not None:
+            openpose_json.write_frame(reference_pose, paths.root / REFERENCE_POSE_FILE)
+        elif options.reference_pose_path:
+            pose_file = Path(bpy.path.abspath(options.reference_pose_path))
+            try:
+                openpose_json.write_frame(openpose_json.read_frame(pose_file), paths.root / REFERENCE_POSE_FILE)
+            except PoseBridgeError as exc:
+                raise AddonError(f"the reference skeleton file {pose_file} cannot be used: {exc}") from exc
+        _swap_in(tmp_dir, job_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    log.info("wrote job %s (%d frames, %dx%d)", job_dir, settings.num_frames, settings.width, settings.height)
+    return JobPaths(job_dir)

@@ -1,0 +1,639 @@
+"""From an animated armature to OpenPose keypoints in camera pixels, frame by frame.
+
+For every frame the armature is evaluated (constraints, drivers, actions), each keypoint
+is placed in world space from its bone (pose_bridge.bone_presets: a bone's head, tail or
+an offset in the bone's own axes), and projected into the camera with
+bpy_extras.object_utils.world_to_camera_view. The canvas is the output size, and the
+camera frame is the one Blender renders at that size (see `output_frame`), so that the
+skeletons line up with the reference still rendered at the same size.
+
+Face points come from vertex groups, not bones. The convention:
+
+    A mesh deformed by the armature (Armature modifier or parented to it) may have
+    vertex groups named "face_00" .. "face_67", one per point of the 68-point face
+    layout OpenPose uses (iBUG 300-W: 0-16 jaw, 17-26 brows, 27-35 nose, 36-47 eyes,
+    48-67 mouth). A point is the weight-averaged position of its group's vertices on
+    the deformed mesh. One vertex at weight 1 pins a point to that vertex.
+
+A point is missing (confidence 0, coordinates 0) when it is behind the camera, outside
+the frame, not mapped, or, with occlusion on, hidden behind the character's own meshes.
+
+Occlusion casts rays (scene.ray_cast on the evaluated scene) from each point towards the
+camera and looks only at hits on the character's meshes (deformed by or parented to the
+armature). Joints lie inside limbs, so a hit alone proves nothing: a joint is hidden when
+the ray *enters* a mesh (hits a surface whose normal faces away from the camera) farther
+than a small tolerance from it; leaving its own limb is not a hiding. Points on or near
+the surface (face points, and nose, eyes and ears from head-bone offsets) are hidden by
+any hit beyond their tolerance, so an ear on the far side of the head is dropped.
+Tolerances scale with the character's size; closed meshes with outward normals (the
+usual case) are assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import bpy
+import numpy as np
+from bpy_extras.object_utils import world_to_camera_view
+from mathutils import Vector
+
+from pose_bridge import bone_presets
+from pose_bridge.keypoints import BODY_NAMES, FACE_POINTS, HAND_NAMES, Pose, PoseSequence
+
+from .errors import AddonError
+
+log = logging.getLogger(__name__)
+
+HAND_GROUPS = ("left_hand", "right_hand")
+
+# Without these the drawn skeleton is not a body; the head points (nose, eyes, ears)
+# may be missing, as they often are in OpenPose detections too.
+REQUIRED_BODY = (
+    "neck",
+    "right_shoulder", "right_elbow", "right_wrist",
+    "left_shoulder", "left_elbow", "left_wrist",
+    "right_hip", "right_knee", "right_ankle",
+    "left_hip", "left_knee", "left_ankle",
+)
+HEAD_POINTS = ("nose", "right_eye", "left_eye", "right_ear", "left_ear")
+
+# KeypointMapping.preset when the whole mapping was given (preset "none"), as the panel does.
+CUSTOM_PRESET = "custom"
+
+FACE_GROUP_PATTERN = re.compile(r"^face_(\d\d)$")
+
+# Occlusion tolerances, as fractions of the character's size (the diagonal of its
+# bones' bounding box), so that they work at any scene scale.
+# A joint sits inside a limb: it is hidden only when the ray to the camera *enters*
+# one of the character's meshes (a surface facing away from the camera) beyond this.
+JOINT_TOLERANCE = 0.01
+# Head points from bone offsets sit near, not on, the head's surface: any surface of
+# the character farther than this in front of them hides them (an ear on the far side).
+HEAD_TOLERANCE = 0.05
+# Face points lie on the mesh: any surface farther than this in front hides them.
+FACE_TOLERANCE = 0.015
+
+
+@dataclass
+class KeypointMapping:
+    """Where each keypoint comes from on one armature: pose_bridge sources by group.
+
+    body / left_hand / right_hand map BODY_NAMES / HAND_NAMES to a BonePoint, BoneOffset
+    or BoneMidpoint naming this armature's bones; keypoints absent from a dict are not mapped.
+    """
+
+    preset: str
+    body: dict[str, Any] = field(default_factory=dict)
+    left_hand: dict[str, Any] = field(default_factory=dict)
+    right_hand: dict[str, Any] = field(default_factory=dict)
+
+    def group(self, name: str) -> dict[str, Any]:
+        return {"body": self.body, "left_hand": self.left_hand, "right_hand": self.right_hand}[name]
+
+    def unmapped(self, hands: bool = True) -> list[str]:
+        """Keypoint keys with no source: "nose", ..., "left_hand.index_1", ..."""
+        missing = [name for name in BODY_NAMES if name not in self.body]
+        if hands:
+            for group in HAND_GROUPS:
+                missing += [f"{group}.{name}" for name in HAND_NAMES if name not in self.group(group)]
+        return missing
+
+    def bone_names(self) -> set[str]:
+        names: set[str] = set()
+        for group in ("body", "left_hand", "right_hand"):
+            for source in self.group(group).values():
+                names.update(source_bones(source))
+        return names
+
+
+def source_bones(source: Any) -> list[str]:
+    """The bone names a pose_bridge source reads (two for a BoneMidpoint)."""
+    if isinstance(source, tuple):
+        return [name for alternative in source for name in source_bones(alternative)]
+    if isinstance(source, bone_presets.BoneMidpoint):
+        return [source.first.bone, source.second.bone]
+    return [source.bone]
+
+
+@dataclass
+class ProjectionResult:
+    """The keypoints of a frame range, and what could not be mapped."""
+
+    poses: PoseSequence
+    mapping: KeypointMapping
+    unmapped: list[str]
+    # Name of the mesh the face points came from; "" when face points are off or no
+    # mesh has face_00..face_67 vertex groups.
+    face_mesh: str = ""
+
+
+# ---------------------------------------------------------------- checks
+
+
+def resolve_armature(scene: bpy.types.Scene, name: str | None) -> bpy.types.Object:
+    """The armature object called name, or the scene's only armature when name is empty."""
+    if name:
+        obj = bpy.data.objects.get(name)
+        if obj is None:
+            raise AddonError(f"there is no object called '{name}'; pick the character's armature")
+        if obj.type != "ARMATURE":
+            raise AddonError(
+                f"'{name}' is a {obj.type.lower()} object, not an armature; pick the armature that "
+                f"moves the character (the object whose bones you animate)"
+            )
+        return obj
+    armatures = [obj for obj in scene.objects if obj.type == "ARMATURE"]
+    if not armatures:
+        raise AddonError(
+            f"scene '{scene.name}' has no armature; add a rigged character, or pick its armature"
+        )
+    if len(armatures) > 1:
+        names = ", ".join(sorted(obj.name for obj in armatures))
+        raise AddonError(f"scene '{scene.name}' has several armatures ({names}); pick the one to use")
+    return armatures[0]
+
+
+def resolve_camera(scene: bpy.types.Scene, name: str | None) -> bpy.types.Object:
+    """The camera object called name, or the scene's active camera when name is empty."""
+    if name:
+        obj = bpy.data.objects.get(name)
+        if obj is None:
+            raise AddonError(f"there is no object called '{name}'; pick a camera")
+        if obj.type != "CAMERA":
+            raise AddonError(f"'{name}' is a {obj.type.lower()} object, not a camera; pick a camera")
+        return obj
+    if scene.camera is None:
+        raise AddonError(
+            f"scene '{scene.name}' has no active camera; add a camera and make it the scene's camera "
+            f"(Scene properties > Camera), or pick one"
+        )
+    if scene.camera.type != "CAMERA":
+        raise AddonError(f"the scene's camera '{scene.camera.name}' is not a camera object; pick a camera")
+    return scene.camera
+
+
+def check_frame_range(frame_start: int, frame_end: int) -> None:
+    if frame_end < frame_start:
+        raise AddonError(
+            f"frame range {frame_start}-{frame_end} has no frames; set the end frame at or after the start frame"
+        )
+
+
+def check_size(width: int, height: int) -> None:
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise AddonError(
+            f"output size {width}x{height} must be positive multiples of 8 (the model works on 8x8 "
+            f"pixel blocks); try {max(8, round(width / 8) * 8)}x{max(8, round(height / 8) * 8)}"
+        )
+
+
+# ---------------------------------------------------------------- mapping
+
+
+def _source_from_override(value: Any, key: str, bone_names: set[str], armature_name: str) -> Any:
+    """One override value as a pose_bridge source; None means "not mapped"."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (bone_presets.BonePoint, bone_presets.BoneOffset, bone_presets.BoneMidpoint)):
+        source = value
+    elif isinstance(value, str):
+        source = bone_presets.BonePoint(value, "head")
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and value[1] in ("head", "tail"):
+        source = bone_presets.BonePoint(str(value[0]), str(value[1]))
+    else:
+        raise AddonError(
+            f"mapping for '{key}' must be a bone name, (bone, 'head'|'tail'), a BonePoint/BoneOffset "
+            f"or None, got {value!r}"
+        )
+    names = source_bones(source)
+    if not all(names):
+        return None
+    for name in names:
+        if name not in bone_names:
+            raise AddonError(
+                f"the mapping gives bone '{name}' for keypoint '{key}', but armature "
+                f"'{armature_name}' has no such bone; pick one of its bones or clear the row"
+            )
+    return source
+
+
+def _flatten_overrides(overrides: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """{(group, keypoint): value} from a flat {"left_wrist"|"left_hand.wrist": v} or nested {group: {kp: v}}."""
+    flat: dict[tuple[str, str], Any] = {}
+    for key, value in overrides.items():
+        if key in ("body", *HAND_GROUPS) and isinstance(value, dict):
+            for keypoint, source in value.items():
+                flat[(key, keypoint)] = source
+        elif "." in key:
+            group, keypoint = key.split(".", 1)
+            flat[(group, keypoint)] = value
+        else:
+            flat[("body", key)] = value
+    for group, keypoint in flat:
+        names = BODY_NAMES if group == "body" else HAND_NAMES if group in HAND_GROUPS else ()
+        if keypoint not in names:
+            raise AddonError(
+                f"unknown keypoint '{keypoint}' in the bone mapping (group '{group}'); body keypoints are "
+                f"{', '.join(BODY_NAMES)}; hand keypoints are left_hand.<name> / right_hand.<name> with "
+                f"<name> one of {', '.join(HAND_NAMES)}"
+            )
+    return flat
+
+
+def resolve_mapping(
+    armature: bpy.types.Object,
+    overrides: dict[str, Any] | None = None,
+    preset: str = "auto",
+) -> KeypointMapping:
+    """The keypoint sources of an armature: the detected preset, then the overrides on top.
+
+    overrides: {keypoint key: value} with keys a body name ("left_wrist") or
+    "<left_hand|right_hand>.<hand name>" ("right_hand.index_2"), or nested {"body": {...}, "left_hand": {...}, "right_hand": {...}}
+    (the panel's table); a value is a bone name (its head), (bone, "head"|"tail"), a
+    pose_bridge BonePoint / BoneOffset, or None / "" to leave the keypoint unmapped.
+    preset: "auto" to detect from bone names, "none" to start from an empty mapping (the
+    result's preset is then "custom": all of it comes from the overrides), or
+    a name from pose_bridge.bone_presets.PRESETS to use that preset.
+    Keypoints the preset cannot resolve on this rig stay unmapped (KeypointMapping.unmapped).
+    """
+    bone_names = [bone.name for bone in armature.data.bones]
+    if not bone_names:
+        raise AddonError(f"armature '{armature.name}' has no bones; pick the character's rig")
+    mapping = KeypointMapping(preset=CUSTOM_PRESET if preset == "none" else "")
+    if preset != "none":
+        if preset == "auto":
+            match = bone_presets.match_preset(bone_names)
+        elif preset in bone_presets.PRESETS:
+            match = bone_presets.resolve_preset(bone_presets.PRESETS[preset], bone_names)
+        else:
+            raise AddonError(
+                f"unknown bone preset '{preset}'; use auto, none, or one of {', '.join(bone_presets.PRESETS)}"
+            )
+        if match is not None and match.score > 0:
+            mapping = KeypointMapping(
+                preset=match.preset.name,
+                body=dict(match.body),
+                left_hand=dict(match.left_hand),
+                right_hand=dict(match.right_hand),
+            )
+    if overrides:
+        names = set(bone_names)
+        for (group, keypoint), value in _flatten_overrides(overrides).items():
+            source = _source_from_override(value, f"{group}.{keypoint}".removeprefix("body."), names, armature.name)
+            if source is None:
+                mapping.group(group).pop(keypoint, None)
+            else:
+                mapping.group(group)[keypoint] = source
+    return mapping
+
+
+def check_required(mapping: KeypointMapping, armature: bpy.types.Object) -> None:
+    """Raise AddonError naming the body keypoints a skeleton cannot do without, when unmapped."""
+    missing = [name for name in REQUIRED_BODY if name not in mapping.body]
+    if not missing:
+        return
+    if not mapping.preset:
+        where = f"armature '{armature.name}' matches no bone-name preset, so these body keypoints have no bone"
+    elif mapping.preset == CUSTOM_PRESET:
+        where = f"armature '{armature.name}': with the bone mapping given, these body keypoints have no bone"
+    else:
+        where = f"armature '{armature.name}' (preset {mapping.preset}): these body keypoints have no bone"
+    raise AddonError(
+        f"{where}: {', '.join(missing)}; map them to bones in the Bone Mapping table (or with "
+        f"--map KEYPOINT=BONE on the command line)"
+    )
+
+
+# ---------------------------------------------------------------- frame and evaluation
+
+
+@contextlib.contextmanager
+def output_frame(scene: bpy.types.Scene, width: int, height: int) -> Iterator[None]:
+    """Make the scene's camera frame the one rendered at width x height, then restore it.
+
+    Blender derives the camera frame's aspect (and, with sensor fit Auto, which side the
+    sensor spans) from the render resolution and pixel aspect. Projection and the
+    reference render both run inside this, so keypoints and still share one frame.
+    """
+    render = scene.render
+    saved = (
+        render.resolution_x, render.resolution_y, render.resolution_percentage,
+        render.pixel_aspect_x, render.pixel_aspect_y,
+    )
+    try:
+        render.resolution_x, render.resolution_y, render.resolution_percentage = int(width), int(height), 100
+        render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+        yield
+    finally:
+        (
+            render.resolution_x, render.resolution_y, render.resolution_percentage,
+            render.pixel_aspect_x, render.pixel_aspect_y,
+        ) = saved
+
+
+def evaluated_depsgraph(scene: bpy.types.Scene) -> bpy.types.Depsgraph:
+    """The evaluated dependency graph of scene (the context's when scene is the context scene)."""
+    if bpy.context.scene == scene:
+        return bpy.context.evaluated_depsgraph_get()
+    depsgraph = scene.view_layers[0].depsgraph
+    if depsgraph is None:
+        raise AddonError(f"scene '{scene.name}' cannot be evaluated from here; make it the active scene")
+    depsgraph.update()
+    return depsgraph
+
+
+def bone_frames(armature_eval: bpy.types.Object, names: set[str] | None = None) -> dict[str, bone_presets.BoneFrame]:
+    """World-space BoneFrames of an evaluated armature's pose bones (all, or those named)."""
+    world = armature_eval.matrix_world
+    frames = {}
+    for pose_bone in armature_eval.pose.bones:
+        if names is not None and pose_bone.name not in names:
+            continue
+        matrix = world @ pose_bone.matrix
+        frames[pose_bone.name] = bone_presets.BoneFrame(
+            head=np.array(matrix.translation, dtype=np.float64),
+            tail=np.array(world @ pose_bone.tail, dtype=np.float64),
+            x_axis=np.array(matrix.col[0].xyz.normalized(), dtype=np.float64),
+            z_axis=np.array(matrix.col[2].xyz.normalized(), dtype=np.float64),
+        )
+    return frames
+
+
+def character_meshes(scene: bpy.types.Scene, armature: bpy.types.Object) -> list[bpy.types.Object]:
+    """Mesh objects the armature deforms (Armature modifier) or carries (parented), by name."""
+    meshes = []
+    for obj in scene.objects:
+        if obj.type != "MESH":
+            continue
+        deformed = any(mod.type == "ARMATURE" and mod.object == armature for mod in obj.modifiers)
+        parent = obj.parent
+        while parent is not None and parent != armature:
+            parent = parent.parent
+        if deformed or parent == armature:
+            meshes.append(obj)
+    return sorted(meshes, key=lambda obj: obj.name)
+
+
+@dataclass
+class _FaceGroups:
+    """The face_NN vertex groups of one mesh, read once from the undeformed mesh."""
+
+    obj: bpy.types.Object
+    vertex_count: int
+    # landmark index -> (vertex indices, weights summing to 1)
+    points: dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def _landmark_weights(obj: bpy.types.Object, mesh: bpy.types.Mesh) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{landmark: (vertex indices, normalized weights)} of the face_NN groups of obj's mesh."""
+    landmark_of_group = {}
+    for group in obj.vertex_groups:
+        found = FACE_GROUP_PATTERN.match(group.name)
+        if found and int(found.group(1)) < FACE_POINTS:
+            landmark_of_group[group.index] = int(found.group(1))
+    if not landmark_of_group:
+        return {}
+    indices: dict[int, list[int]] = {}
+    weights: dict[int, list[float]] = {}
+    for vertex in mesh.vertices:
+        for element in vertex.groups:
+            landmark = landmark_of_group.get(element.group)
+            if landmark is not None and element.weight > 0.0:
+                indices.setdefault(landmark, []).append(vertex.index)
+                weights.setdefault(landmark, []).append(element.weight)
+    points = {}
+    for landmark, idx in indices.items():
+        w = np.asarray(weights[landmark], dtype=np.float64)
+        points[landmark] = (np.asarray(idx, dtype=np.int64), w / w.sum())
+    return points
+
+
+def _face_groups(obj: bpy.types.Object) -> _FaceGroups | None:
+    points = _landmark_weights(obj, obj.data)
+    if not points:
+        return None
+    return _FaceGroups(obj, len(obj.data.vertices), points)
+
+
+def _face_points_world(face: _FaceGroups, depsgraph: bpy.types.Depsgraph) -> dict[int, np.ndarray]:
+    """World positions of the face points on the deformed mesh of this frame."""
+    obj_eval = face.obj.evaluated_get(depsgraph)
+    mesh = obj_eval.to_mesh()
+    try:
+        count = len(mesh.vertices)
+        coords = np.empty(count * 3, dtype=np.float32)
+        mesh.vertices.foreach_get("co", coords)
+        coords = coords.reshape(count, 3).astype(np.float64)
+        points = face.points
+        if count != face.vertex_count:
+            # A modifier changed the topology (a subdivision after the armature, say):
+            # use the weights the evaluated mesh carries instead of the original indices.
+            points = _landmark_weights(obj_eval, mesh)
+    finally:
+        obj_eval.to_mesh_clear()
+    world = np.array(obj_eval.matrix_world, dtype=np.float64)
+    result = {}
+    for landmark, (idx, w) in points.items():
+        local = (coords[idx] * w[:, None]).sum(axis=0)
+        result[landmark] = world[:3, :3] @ local + world[:3, 3]
+    return result
+
+
+# ---------------------------------------------------------------- projection
+
+
+class Projector:
+    """Projects one armature's keypoints through one camera, frame after frame.
+
+    Use inside `output_frame(scene, width, height)`; `pose_at(frame)` sets the frame.
+    """
+
+    def __init__(
+        self,
+        scene: bpy.types.Scene,
+        armature: bpy.types.Object,
+        camera: bpy.types.Object,
+        mapping: KeypointMapping,
+        width: int,
+        height: int,
+        *,
+        hands: bool = True,
+        face: bool = True,
+        occlusion: bool = False,
+    ) -> None:
+        self.scene, self.armature, self.camera, self.mapping = scene, armature, camera, mapping
+        self.width, self.height = int(width), int(height)
+        self.hands, self.occlusion = hands, occlusion
+        self.bones_needed = mapping.bone_names()
+        meshes = character_meshes(scene, armature)
+        self.own_meshes = {obj.name for obj in meshes}
+        self.faces: list[_FaceGroups] = []
+        if face:
+            for obj in meshes:
+                groups = _face_groups(obj)
+                if groups is not None:
+                    self.faces.append(groups)
+        self.size: float | None = None  # character size, measured on the first frame
+
+    @property
+    def face_mesh(self) -> str:
+        return ", ".join(face.obj.name for face in self.faces)
+
+    def pose_at(self, frame: int) -> Pose:
+        scene = self.scene
+        scene.frame_set(frame)
+        depsgraph = evaluated_depsgraph(scene)
+        armature_eval = self.armature.evaluated_get(depsgraph)
+        camera_eval = self.camera.evaluated_get(depsgraph)
+        bones = bone_frames(armature_eval, self.bones_needed)
+        if self.size is None:
+            ends = [frame.head for frame in bones.values()] + [frame.tail for frame in bones.values()]
+            extent = np.ptp(np.array(ends), axis=0) if ends else np.ones(3)
+            self.size = float(np.linalg.norm(extent)) or 1.0
+
+        pose = Pose(self.width, self.height)
+        view = _CameraView(scene, camera_eval, depsgraph, self)
+        for index, name in enumerate(BODY_NAMES):
+            source = self.mapping.body.get(name)
+            if source is not None:
+                kind = "head" if name in HEAD_POINTS else "joint"
+                pose.body[index] = view.pixel(bone_presets.evaluate_source(source, bones), kind)
+        if self.hands:
+            for group, points in (("left_hand", pose.left_hand), ("right_hand", pose.right_hand)):
+                sources = self.mapping.group(group)
+                for index, name in enumerate(HAND_NAMES):
+                    source = sources.get(name)
+                    if source is not None:
+                        points[index] = view.pixel(bone_presets.evaluate_source(source, bones), "joint")
+        for face in self.faces:
+            for landmark, point in _face_points_world(face, depsgraph).items():
+                if pose.face[landmark, 2] == 0:
+                    pose.face[landmark] = view.pixel(point, "face")
+        return pose
+
+
+class _CameraView:
+    """One frame's camera: world point -> (x, y, confidence) on the canvas."""
+
+    def __init__(self, scene, camera_eval, depsgraph, projector: Projector) -> None:
+        self.scene, self.camera, self.depsgraph, self.projector = scene, camera_eval, depsgraph, projector
+        matrix = camera_eval.matrix_world.normalized()
+        self.location = matrix.translation.copy()
+        # Cameras look down their local -Z; +Z points back at the camera.
+        self.backwards = matrix.col[2].xyz.normalized()
+        self.orthographic = camera_eval.data.type == "ORTHO"
+
+    def pixel(self, point: np.ndarray | None, kind: str) -> np.ndarray:
+        missing = np.zeros(3, dtype=np.float32)
+        if point is None:
+            return missing
+        world = Vector(point)
+        ndc = world_to_camera_view(self.scene, self.camera, world)
+        if ndc.z <= 0.0:  # behind the camera (or in its plane)
+            return missing
+        x = ndc.x * self.projector.width
+        y = (1.0 - ndc.y) * self.projector.height
+        if not (0.0 <= x <= self.projector.width and 0.0 <= y <= self.projector.height):
+            return missing
+        if self.projector.occlusion and self._hidden(world, ndc.z, kind):
+            return missing
+        return np.array([x, y, 1.0], dtype=np.float32)
+
+    def _hidden(self, point: Vector, depth: float, kind: str) -> bool:
+        """Ray cast from the point towards the camera through the character's own meshes."""
+        if self.orthographic:
+            direction, distance = self.backwards, depth
+        else:
+            offset = self.location - point
+            distance = offset.length
+            direction = offset.normalized()
+        size = self.projector.size or 1.0
+        tolerance = size * {"joint": JOINT_TOLERANCE, "head": HEAD_TOLERANCE, "face": FACE_TOLERANCE}[kind]
+        step = max(size * 1e-4, 1e-6)
+        travelled = tolerance
+        for _ in range(64):  # each hit moves on; a bound in case of degenerate geometry
+            if travelled >= distance:
+                return False
+            hit, location, normal, _index, obj, _matrix = self.scene.ray_cast(
+                self.depsgraph, point + direction * travelled, direction, distance=distance - travelled
+            )
+            if not hit:
+                return False
+            if obj is not None and obj.name in self.projector.own_meshes:
+                if kind != "joint":
+                    return True
+                # Leaving a surface (normal along the ray) is the joint's own limb around
+                # it; entering one (normal against the ray) means a part of the character
+                # lies between the joint and the camera.
+                if normal.dot(direction) < 0.0:
+                    return True
+            travelled = (location - point).length + step
+        return False
+
+
+def project_sequence(
+    scene: bpy.types.Scene,
+    armature: bpy.types.Object,
+    camera: bpy.types.Object,
+    frame_start: int,
+    frame_end: int,
+    width: int,
+    height: int,
+    *,
+    overrides: dict[str, Any] | None = None,
+    preset: str = "auto",
+    hands: bool = True,
+    face: bool = True,
+    occlusion: bool = False,
+    require_body: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> ProjectionResult:
+    """Keypoints of frames frame_start..frame_end (inclusive) on a width x height canvas.
+
+    The scene's current frame is restored afterwards. Raises AddonError for an empty frame
+    range, a size that is not a multiple of 8, and (require_body) unmapped body keypoints.
+    progress(done, total) is called after each frame (for a progress bar).
+    """
+    if armature.type != "ARMATURE":
+        raise AddonError(f"'{armature.name}' is not an armature; pick the character's armature")
+    if camera.type != "CAMERA":
+        raise AddonError(f"'{camera.name}' is not a camera; pick a camera")
+    check_frame_range(frame_start, frame_end)
+    check_size(width, height)
+    mapping = resolve_mapping(armature, overrides, preset)
+    if require_body:
+        check_required(mapping, armature)
+    projector = Projector(scene, armature, camera, mapping, width, height, hands=hands, face=face, occlusion=occlusion)
+    frames = list(range(frame_start, frame_end + 1))
+    poses = []
+    with restored_frame(scene), output_frame(scene, width, height):
+        for frame in frames:
+            poses.append(projector.pose_at(frame))
+            if progress is not None:
+                progress(len(poses), len(frames))
+    fps = scene.render.fps / scene.render.fps_base
+    log.info(
+        "projected %d frames of '%s' through '%s' (preset %s)", len(poses), armature.name, camera.name,
+        mapping.preset or "none",
+    )
+    return ProjectionResult(
+        poses=PoseSequence(poses, fps=fps),
+        mapping=mapping,
+        unmapped=mapping.unmapped(hands),
+        face_mesh=projector.face_mesh,
+    )
+
+
+@contextlib.contextmanager
+def restored_frame(scene: bpy.types.Scene) -> Iterator[None]:
+    """Put the scene back on the frame it was on (and re-evaluate it there)."""
+    frame, subframe = scene.frame_current, scene.frame_subframe
+    try:
+        yield
+    finally:
+        scene.frame_set(frame, subframe=subframe)

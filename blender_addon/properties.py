@@ -1,0 +1,253 @@
+"""Per-scene settings of the add-on: `scene.animate_anyone`.
+
+Everything the panel shows and the operators read lives here, so that a .blend file
+carries its own settings (the command-line script and batch mode read them too).
+Helpers at the bottom turn "use the scene's value" toggles into effective values.
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    FloatVectorProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+from bpy.types import PropertyGroup
+
+from pose_bridge.keypoints import BODY_NAMES, HAND_NAMES
+
+KEYPOINT_GROUPS = (
+    ("body", "Body", "OpenPose COCO-18 body point"),
+    ("left_hand", "Left Hand", "Left hand point (subject's left, Blender's .L)"),
+    ("right_hand", "Right Hand", "Right hand point (subject's right, Blender's .R)"),
+)
+
+BONE_ENDS = (
+    ("head", "Head", "The bone's head (its root)"),
+    ("tail", "Tail", "The bone's tail (its tip)"),
+)
+
+SOURCE_KINDS = (
+    ("POINT", "Bone End", "The head or tail of one bone"),
+    ("OFFSET", "Offset", "A point at an offset from the bone's head, in bone lengths along the bone's axes"),
+    ("MIDPOINT", "Midpoint", "The middle of two bone ends (e.g. the neck between the shoulders)"),
+)
+
+IMPORT_MODES = (
+    ("PLANE", "Plane", "A plane facing the camera that fills its frame, with the video as an emission texture"),
+    ("STRIP", "Sequencer Strip", "A movie strip in the video sequencer, on a free channel at the first frame"),
+    ("COMPOSITOR", "Compositor Node", "A movie clip node in the compositor"),
+    ("NONE", "Nothing", "Leave the result in the job folder"),
+)
+
+REFERENCE_SOURCES = (
+    ("RENDER", "Render", "Render a still of the scene at a chosen frame"),
+    ("IMAGE", "Image File", "Use an image file of the character"),
+)
+
+REFERENCE_ENGINES = (
+    ("SCENE", "Scene's Engine", "The scene's own render engine and settings"),
+    ("CYCLES", "Cycles", "Cycles, fast enough on the CPU at low sample counts"),
+    ("WORKBENCH", "Workbench", "Workbench: flat shading, fastest"),
+    ("EEVEE", "EEVEE", "EEVEE: slow without a GPU"),
+)
+
+RETARGET_MODES = (
+    ("none", "Off", "Use the armature's own proportions"),
+    ("chain", "Bone Lengths", "Rescale each bone of the driving skeleton to the reference character's length"),
+    ("global", "Overall Scale", "Scale and move the whole driving skeleton to the reference character"),
+)
+
+SCHEDULERS = (
+    ("ddim", "DDIM", "The sampler the Animate Anyone weights were released with"),
+    ("dpmsolver++", "DPM-Solver++", "Good results in fewer steps"),
+    ("euler", "Euler", "Euler discrete"),
+    ("lcm", "LCM", "Only for LCM-distilled weights"),
+)
+
+
+def keypoint_label(group: str, keypoint: str) -> str:
+    """A keypoint as people read it: 'left_hand.index_2' -> 'L Index 2'."""
+    words = keypoint.replace("_", " ").title()
+    if group == "left_hand":
+        return f"L {words}"
+    if group == "right_hand":
+        return f"R {words}"
+    return words
+
+
+class ANIMATE_PG_bone_map_item(PropertyGroup):
+    """One keypoint and where on the armature it comes from (a pose_bridge.bone_presets source)."""
+
+    group: EnumProperty(name="Group", items=KEYPOINT_GROUPS, default="body")
+    keypoint: StringProperty(name="Keypoint", description="OpenPose keypoint name")
+    kind: EnumProperty(name="Kind", items=SOURCE_KINDS, default="POINT")
+    bone: StringProperty(name="Bone", description="Bone of the armature this keypoint follows; empty: not mapped")
+    end: EnumProperty(name="End", items=BONE_ENDS, default="head")
+    offset: FloatVectorProperty(
+        name="Offset",
+        size=3,
+        description="Offset: position from the bone's head in bone lengths along its X, Y (head to tail), Z axes",
+    )
+    bone2: StringProperty(name="Second Bone", description="Midpoint: the other bone")
+    end2: EnumProperty(name="Second End", items=BONE_ENDS, default="head")
+
+
+def _poll_armature(_self, obj) -> bool:
+    return obj.type == "ARMATURE"
+
+
+def _poll_camera(_self, obj) -> bool:
+    return obj.type == "CAMERA"
+
+
+def _armature_changed(self, context) -> None:
+    # A new armature gets its preset detected at once; an edited mapping of the same
+    # armature is left alone (Refresh Mapping redoes it on request).
+    from . import mapping
+
+    if self.armature is not None:
+        mapping.fill_from_preset(self, self.armature)
+    else:
+        self.bone_map.clear()
+        self.preset_label = ""
+
+
+class ANIMATE_PG_scene_settings(PropertyGroup):
+    """Settings of one scene's generation (scene.animate_anyone)."""
+
+    # Character and camera.
+    armature: PointerProperty(
+        name="Armature",
+        type=bpy.types.Object,
+        poll=_poll_armature,
+        update=_armature_changed,
+        description="The rigged character whose motion drives the video",
+    )
+    camera: PointerProperty(
+        name="Camera",
+        type=bpy.types.Object,
+        poll=_poll_camera,
+        description="Camera the skeleton is seen from; empty: the scene's active camera",
+    )
+
+    # Frames and size.
+    use_scene_range: BoolProperty(name="Use Scene Range", default=True, description="Use the scene's frame range")
+    frame_start: IntProperty(name="Start", default=1, min=0, description="First frame to generate")
+    frame_end: IntProperty(name="End", default=24, min=0, description="Last frame to generate (included)")
+    use_render_size: BoolProperty(
+        name="Use Render Size",
+        default=True,
+        description="Use the scene's render size (with its percentage), rounded to multiples of 8",
+    )
+    width: IntProperty(name="Width", default=512, min=8, max=4096, step=8, description="Output width (multiple of 8)")
+    height: IntProperty(name="Height", default=768, min=8, max=4096, step=8, description="Output height (multiple of 8)")
+
+    # Bone mapping.
+    bone_map: CollectionProperty(type=ANIMATE_PG_bone_map_item)
+    bone_map_index: IntProperty(name="Active Keypoint", default=0)
+    preset_label: StringProperty(name="Preset", description="The bone-name preset detected for this armature")
+    show_hand_mapping: BoolProperty(name="Show Hand Keypoints", default=False)
+
+    # What to draw.
+    draw_hands: BoolProperty(name="Hands", default=True, description="Draw hand keypoints from the finger bones")
+    draw_face: BoolProperty(name="Face", default=True, description="Draw face keypoints (eyes, ears, face vertex groups)")
+    occlusion: BoolProperty(
+        name="Occlusion",
+        default=False,
+        description="Drop joints hidden behind the character's own meshes (ray casting; slower)",
+    )
+
+    # Reference still.
+    reference_source: EnumProperty(name="Reference", items=REFERENCE_SOURCES, default="RENDER")
+    reference_frame: IntProperty(name="Frame", default=1, description="Frame the reference still is rendered at")
+    reference_engine: EnumProperty(name="Engine", items=REFERENCE_ENGINES, default="CYCLES")
+    reference_image: StringProperty(
+        name="Image",
+        subtype="FILE_PATH",
+        description="Image of the character, front view, like the first frame of the video",
+    )
+
+    # Generation.
+    steps: IntProperty(name="Steps", default=20, min=1, max=200, description="Denoising steps (20-30 is usual)")
+    guidance_scale: FloatProperty(
+        name="Guidance", default=3.5, min=0.0, max=20.0, description="Classifier-free guidance scale (3.5 is usual)"
+    )
+    seed: IntProperty(name="Seed", default=0, min=0, description="Random seed: the same seed gives the same video")
+    context_frames: IntProperty(
+        name="Window", default=24, min=1, max=64, description="Frames denoised together (24 is what the model learned)"
+    )
+    context_overlap: IntProperty(
+        name="Overlap", default=4, min=0, max=63, description="Frames shared by neighbouring windows, for smooth joins"
+    )
+    retarget: EnumProperty(name="Retarget", items=RETARGET_MODES, default="none")
+    scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default="ddim")
+
+    # Output.
+    output_dir: StringProperty(
+        name="Output Folder",
+        subtype="DIR_PATH",
+        default="//animate_anyone/",
+        description="Folder the job folders are written into (// is the .blend file's folder)",
+    )
+    import_mode: EnumProperty(name="Import As", items=IMPORT_MODES, default="PLANE")
+    last_job_dir: StringProperty(name="Last Job", subtype="DIR_PATH", description="The job folder written last")
+
+
+CLASSES = (ANIMATE_PG_bone_map_item, ANIMATE_PG_scene_settings)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        if not getattr(cls, "is_registered", False):
+            bpy.utils.register_class(cls)
+    bpy.types.Scene.animate_anyone = PointerProperty(type=ANIMATE_PG_scene_settings)
+
+
+def unregister() -> None:
+    if hasattr(bpy.types.Scene, "animate_anyone"):
+        del bpy.types.Scene.animate_anyone
+    for cls in reversed(CLASSES):
+        if getattr(cls, "is_registered", False):
+            bpy.utils.unregister_class(cls)
+
+
+# ---------------------------------------------------------------- effective values
+
+
+def effective_camera(scene: bpy.types.Scene, settings: ANIMATE_PG_scene_settings):
+    """The chosen camera, or the scene's active camera; None when neither exists."""
+    return settings.camera or scene.camera
+
+
+def effective_frame_range(scene: bpy.types.Scene, settings: ANIMATE_PG_scene_settings) -> tuple[int, int]:
+    if settings.use_scene_range:
+        return scene.frame_start, scene.frame_end
+    return settings.frame_start, settings.frame_end
+
+
+def effective_size(scene: bpy.types.Scene, settings: ANIMATE_PG_scene_settings) -> tuple[int, int, str]:
+    """(width, height, note): the output size, and a note for the panel when it was rounded."""
+    from .job_export import output_size, round_to_8
+
+    if settings.use_render_size:
+        return output_size(scene)
+    width, height = round_to_8(settings.width), round_to_8(settings.height)
+    note = ""
+    if (width, height) != (settings.width, settings.height):
+        note = f"{settings.width}x{settings.height} rounded to {width}x{height} (multiples of 8)"
+    return width, height, note
+
+
+def all_keypoints() -> list[tuple[str, str]]:
+    """Every (group, keypoint) of the mapping table, in table order."""
+    rows = [("body", name) for name in BODY_NAMES]
+    for group in ("left_hand", "right_hand"):
+        rows += [(group, name) for name in HAND_NAMES]
+    return rows
