@@ -22,16 +22,13 @@ import bpy
 import numpy as np
 
 from .errors import AddonError
+from .importing import RESULT_PROPERTY
 from .projection import output_frame, restored_frame
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("SCENE", "WORKBENCH", "CYCLES", "EEVEE")
 
-# Objects carrying this custom property are results imported by the add-on (the plane
-# showing a generated video). They are hidden while the reference still renders, or a
-# plane filling the camera frame would be all the still shows.
-RESULT_PROPERTY = "animate_anyone_result"
 
 
 def engine_id(engine: str) -> str:
@@ -97,6 +94,8 @@ def _still_settings(scene: bpy.types.Scene, camera: bpy.types.Object, engine: st
         settings.set(render, "use_compositing", False)
         settings.set(render, "use_sequencer", False)
         for obj in scene.objects:
+            # Results imported by the add-on (a plane filling the camera frame) would
+            # otherwise be all the still shows.
             if obj.get(RESULT_PROPERTY) is not None and not obj.hide_render:
                 obj.hide_render = True
                 hidden.append(obj)

@@ -262,7 +262,7 @@ def write_job(
     count that differs from the frame range.
     """
     # Imported here: the drawing and file modules are only needed when writing a whole job.
-    from pose_bridge.drawing import draw_sequence
+    from pose_bridge.drawing import draw_sequence, stroke_scale_for
     from pose_bridge.image_io import write_png
     from pose_bridge.openpose_json import write_sequence
 
@@ -288,7 +288,10 @@ def write_job(
     write_sequence(poses, paths.poses)
     if draw_skeletons:
         paths.skeletons.mkdir(exist_ok=True)
-        drawn = draw_sequence(poses, hands=settings.draw_hands, face=settings.draw_face)
+        # These images are for people to look at, at any size: strokes scale with the canvas.
+        # (The backend redraws at the model's resolution with the trained stroke sizes.)
+        scale = stroke_scale_for(poses.canvas_width, poses.canvas_height)
+        drawn = draw_sequence(poses, hands=settings.draw_hands, face=settings.draw_face, stroke_scale=scale)
         for i, image in enumerate(drawn):
             write_png(paths.skeletons / f"{i + 1:04d}.png", image)
         for old in paths.skeletons.glob("[0-9][0-9][0-9][0-9].png"):

@@ -1,0 +1,140 @@
+"""The job commands of `python -m animate_backend`: run, generate, serve.
+
+    python -m animate_backend run JOB_DIR
+    python -m animate_backend generate --model DIR|tiny --reference IMG --poses POSES --out VIDEO
+        [--width W --height H --steps N --guidance G --seed S --context-frames N
+         --context-overlap N --fps F --device auto|cpu|cuda|mps --precision auto|fp32|fp16|bf16]
+    python -m animate_backend serve
+
+run and generate show progress bars on stderr and print where the result is on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pose_bridge.job import DEVICES, PRECISIONS
+
+
+class ProgressBars:
+    """tqdm bars on stderr fed by progress events: one for denoising, one for decoding.
+
+    Other stages are one line each. A bar is closed when its stage ends.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._stage: str | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.enabled or event.get("type") != "progress":
+            return
+        from tqdm import tqdm
+
+        stage = event["stage"]
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            if stage not in ("denoising", "decoding"):
+                message = event.get("message") or ""
+                tqdm.write(f"{stage}: {message}" if message else stage, file=sys.stderr)
+        if stage == "denoising" and event.get("steps") and event.get("windows"):
+            windows = int(event["windows"])
+            total = int(event["steps"]) * windows
+            done = (int(event["step"] or 1) - 1) * windows + int(event["window"] or 0)
+            self._advance(total, done, f"denoising ({windows} window{'s' if windows > 1 else ''})", "step")
+        elif stage == "decoding" and event.get("frames_total"):
+            self._advance(int(event["frames_total"]), int(event["frames_done"] or 0), "decoding", "frame")
+
+    def _advance(self, total: int, done: int, desc: str, unit: str) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self._bar.update(max(0, min(done, total) - self._bar.n))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from animate_backend.job_runner import run_job
+
+    bars = ProgressBars(enabled=not args.quiet)
+    try:
+        result = run_job(args.job_dir, on_event=bars)
+    finally:
+        bars.close()
+    if result["untrained"]:
+        print("note: made by the tiny UNTRAINED model; the frames only show that the pipeline runs", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        where = result["video"] or "out/frames/"
+        print(f"{result['frames']} frames in {result['seconds']:.1f} s: {args.job_dir.rstrip('/')}/{where}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from animate_backend.generate import generate
+
+    bars = ProgressBars(enabled=not args.quiet)
+    try:
+        summary = generate(
+            args.model, args.reference, args.poses, args.out,
+            width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
+            seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
+            fps=args.fps, device=args.device, precision=args.precision,
+            draw_hands=not args.no_hands, draw_face=not args.no_face, on_event=bars,
+        )
+    finally:
+        bars.close()
+    if summary["untrained"]:
+        print("note: made by the tiny UNTRAINED model; the video only shows that the pipeline runs", file=sys.stderr)
+    print(f"{summary['frames']} frames ({summary['width']}x{summary['height']}, {summary['fps']:g} fps) "
+          f"in {summary['seconds']:.1f} s: {summary['video']}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from animate_backend.server import serve
+
+    return serve()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a job folder (frames, video.mp4, result.json into JOB_DIR/out)")
+    p.add_argument("job_dir", metavar="JOB_DIR", help="the job folder (job.json, reference.png, poses.json)")
+    p.add_argument("--json", action="store_true", help="print result.json on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("generate", help="make a video from a reference image and poses, without a job folder")
+    p.add_argument("--model", required=True, help='a pipeline folder, or "tiny" for the untrained test model')
+    p.add_argument("--reference", required=True, metavar="IMG", help="the character's reference image")
+    p.add_argument("--poses", required=True, metavar="POSES",
+                   help="poses.json, a folder of OpenPose frame files or skeleton images, or a skeleton video")
+    p.add_argument("--out", required=True, metavar="VIDEO", help="the .mp4 to write")
+    p.add_argument("--width", type=int, help="output width (default: the reference image's, multiple of 8)")
+    p.add_argument("--height", type=int, help="output height (default: the reference image's, multiple of 8)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default 3.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--context-frames", type=int, default=24, help="frames per window (default 24)")
+    p.add_argument("--context-overlap", type=int, default=4, help="frames shared by neighbouring windows (default 4)")
+    p.add_argument("--fps", type=float, help="video frame rate (default: the poses' own, else 24)")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--no-hands", action="store_true", help="do not draw hand skeletons")
+    p.add_argument("--no-face", action="store_true", help="do not draw face points")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("serve", help="the JSON-lines server the Blender add-on talks to (stdin/stdout)")
+    p.set_defaults(func=_serve)

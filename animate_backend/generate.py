@@ -1,0 +1,216 @@
+"""`python -m animate_backend generate`: a video from a reference image and poses, no job folder.
+
+For people who have a picture and some motion but no Blender: the poses can be
+
+- an OpenPose sequence file (poses.json) or a single OpenPose frame file,
+- a folder of OpenPose frame files (one .json per frame, in name order),
+- a folder of skeleton images (.png/.jpg/..., in name order, e.g. from a ControlNet tool), or
+- a skeleton video.
+
+Keypoints are redrawn at the output resolution (nothing lost to resizing); skeleton images go
+to the pipeline as they are, through its aspect-preserving preprocessing. The output size
+defaults to the reference image's, rounded to multiples of 8.
+
+This calls the pipeline directly, with the job runner's denoise step, and streams the decoded
+frames into the video encoder chunk by chunk, so no frame files are written and memory stays
+flat. The video is written to a temporary file and renamed, so a cancelled run (Ctrl-C) never
+leaves half a video. A job folder (`run`) is the way to keep frames and resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from animate_backend import job_runner
+from animate_backend.errors import InputError, OutOfMemoryError
+from animate_backend.events import EventCallback, ProgressTracker
+from animate_backend.job_runner import (
+    OOM_ADVICE, UNTRAINED_NOTE, PipelineCache, decode_chunk, denoise, is_out_of_memory, prepare_poses,
+)
+from pose_bridge.keypoints import PoseSequence
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif")
+DEFAULT_FPS = 24.0
+
+
+@dataclass
+class DrivingPoses:
+    """What drives the character: keypoints, or skeleton images already drawn."""
+
+    poses: PoseSequence | None
+    images: list[np.ndarray] | None
+    fps: float
+    kind: str  # "sequence", "frame_folder", "image_folder" or "video"
+
+    def __len__(self) -> int:
+        return len(self.poses) if self.poses is not None else len(self.images or [])
+
+
+def _natural_key(path: Path) -> list:
+    """Name order with numbers compared as numbers: skeleton_2.png before skeleton_10.png."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def load_driving_poses(path: str | os.PathLike, fps: float | None = None) -> DrivingPoses:
+    """Read POSES in any of the four forms this command accepts (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"poses {path} do not exist; give a poses.json, a folder of frames or a skeleton video")
+    if path.is_dir():
+        json_files = sorted(path.glob("*.json"))
+        images = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        if json_files:
+            from pose_bridge.openpose_json import load_poses
+
+            return DrivingPoses(load_poses(path, fps=fps), None, fps or DEFAULT_FPS, "frame_folder")
+        if images:
+            from pose_bridge.image_io import read_image
+
+            return DrivingPoses(None, [read_image(p) for p in images], fps or DEFAULT_FPS, "image_folder")
+        raise InputError(
+            f"{path} holds neither OpenPose .json frame files nor skeleton images "
+            f"({', '.join(IMAGE_SUFFIXES)}); point POSES at the right folder"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        from pose_bridge.openpose_json import load_poses
+
+        sequence = load_poses(path, fps=fps)
+        return DrivingPoses(sequence, None, fps or sequence.fps, "sequence")
+    if suffix in VIDEO_SUFFIXES:
+        from pose_bridge.image_io import read_video, video_fps
+
+        frames = list(read_video(path))
+        if not frames:
+            raise InputError(f"the skeleton video {path} has no frames")
+        return DrivingPoses(None, frames, fps or video_fps(path), "video")
+    raise InputError(
+        f"do not know how to read poses from {path.name}: give a .json sequence or frame file, a "
+        f"folder of frame files or skeleton images, or a video ({', '.join(VIDEO_SUFFIXES)})"
+    )
+
+
+def output_size(reference_size: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int]:
+    """The output (width, height): given values, else the reference image's, in multiples of 8.
+
+    When only one side is given, the other keeps the reference's aspect.
+    """
+    ref_w, ref_h = reference_size
+    if width is None and height is None:
+        width, height = ref_w, ref_h
+    elif width is None:
+        width = height * ref_w / ref_h
+    elif height is None:
+        height = width * ref_h / ref_w
+    rounded = (max(8, int(round(width / 8)) * 8), max(8, int(round(height / 8)) * 8))
+    if rounded != (width, height):
+        logger.info(
+            "output size %gx%g rounded to %dx%d (the VAE works on 8x8 pixel blocks)", width, height, *rounded
+        )
+    return rounded
+
+
+def generate(
+    model: str,
+    reference: str | os.PathLike,
+    poses: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int = 20,
+    guidance_scale: float = 3.5,
+    seed: int = 0,
+    context_frames: int = 24,
+    context_overlap: int = 4,
+    fps: float | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    draw_hands: bool = True,
+    draw_face: bool = True,
+    pipelines: PipelineCache | None = None,
+    on_event: EventCallback | None = None,
+) -> dict[str, Any]:
+    """Make the video `out` (H.264 mp4) of the reference image's character doing `poses`.
+
+    Returns a summary: video, frames, width, height, fps, seconds, model, untrained, seed.
+    on_event gets the same progress events as a job run.
+    """
+    from pose_bridge.image_io import read_image, write_video
+
+    started = time.monotonic()
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"the output {out} must be an .mp4 file")
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}")
+    if context_frames < 1 or not 0 <= context_overlap < context_frames:
+        raise InputError(
+            f"context overlap must be between 0 and the window length minus one, got window "
+            f"{context_frames} and overlap {context_overlap}"
+        )
+    reference_path = Path(reference)
+    if not reference_path.is_file():
+        raise InputError(f"reference image {reference_path} does not exist")
+    reference_rgb = read_image(reference_path)
+    size = output_size((reference_rgb.shape[1], reference_rgb.shape[0]), width, height)
+    width, height = size
+    driving = load_driving_poses(poses, fps)
+    num_frames = len(driving)
+    emit = on_event or (lambda event: None)
+    tracker = ProgressTracker(emit, num_frames)
+
+    tracker.stage("loading", f"loading model {model}")
+    loaded = (pipelines if pipelines is not None else PipelineCache()).get(model, device, precision)
+    if loaded.untrained:
+        logger.warning("UNTRAINED model: %s", UNTRAINED_NOTE)
+    tracker.stage("preparing", f"{num_frames} frames from {driving.kind} at {width}x{height}")
+    pose_input: Any = prepare_poses(driving.poses, width, height) if driving.poses is not None else driving.images
+    try:
+        latents = denoise(
+            loaded.pipe, reference_rgb, pose_input,
+            width=width, height=height, num_frames=num_frames, steps=steps, guidance_scale=guidance_scale,
+            seed=seed, context_frames=context_frames, context_overlap=context_overlap,
+            draw_hands=draw_hands, draw_face=draw_face, tracker=tracker,
+        )
+        tracker.restart_clock("decoding")
+
+        def decoded_frames() -> Iterator[np.ndarray]:
+            # The encoder pulls frames; each chunk is decoded when it is needed.
+            written = 0
+            chunk_size = job_runner.DECODE_CHUNK
+            for a in range(0, num_frames, chunk_size):
+                for frame in decode_chunk(loaded.pipe, latents, a, min(a + chunk_size, num_frames)):
+                    yield frame
+                    written += 1
+                    tracker.decoded(written, num_frames)
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_video(out, decoded_frames(), driving.fps)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemoryError(f"{OOM_ADVICE} ({width}x{height}, {context_frames}-frame window)") from exc
+        raise
+    tracker.stage("done", f"wrote {out}", frames_done=num_frames)
+    return {
+        "video": str(out),
+        "frames": num_frames,
+        "width": width,
+        "height": height,
+        "fps": driving.fps,
+        "seconds": round(time.monotonic() - started, 3),
+        "model": str(loaded.model_id),
+        "untrained": bool(loaded.untrained),
+        "seed": seed,
+    }

@@ -1,0 +1,123 @@
+"""Load a pipeline for generation: a saved folder, or "tiny" (random weights made in memory).
+
+`load_pipeline(model, device, precision) -> LoadedPipeline`. Weights are fp16 on CUDA and
+fp32 on CPU unless `precision` says otherwise. A folder that is missing, incomplete or not a
+pipeline folder raises `WeightsError` naming what is missing and how to get it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from animate_backend.errors import WeightsError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# component folder -> files it needs (any one of each tuple)
+REQUIRED_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "vae": (("config.json",), ("diffusion_pytorch_model.safetensors",)),
+    "reference_unet": (("config.json",), ("diffusion_pytorch_model.safetensors",)),
+    "denoising_unet": (("config.json",), ("diffusion_pytorch_model.safetensors",)),
+    "pose_guider": (("config.json",), ("diffusion_pytorch_model.safetensors",)),
+    "image_encoder": (("config.json",), ("model.safetensors",)),
+    "feature_extractor": (("preprocessor_config.json",),),
+    "scheduler": (("scheduler_config.json",),),
+}
+
+HOW_TO_GET = (
+    "make one with `python -m animate_backend fetch-weights --out DIR` (downloads the public weights), "
+    "`python -m animate_backend convert-moore ...` (from Moore-AnimateAnyone .pth files you have), "
+    "or `python -m animate_backend make-tiny --out DIR` (random weights, for testing)"
+)
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: "AnimateAnyonePipeline"  # noqa: F821 (imported lazily)
+    device: torch.device
+    dtype: torch.dtype
+    untrained: bool
+    model_id: str
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise WeightsError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise WeightsError("device cuda was asked for but PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    return resolved
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if precision not in PRECISIONS:
+        raise WeightsError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    if device.type == "cpu" and precision == "fp16":
+        logger.warning("fp16 on the CPU is slow and poorly supported; fp32 or bf16 is better there")
+    return PRECISIONS[precision]
+
+
+def check_pipeline_folder(folder: Path) -> None:
+    """Raise WeightsError listing everything a pipeline folder lacks."""
+    if not folder.exists():
+        raise WeightsError(f"model folder {folder} does not exist; {HOW_TO_GET}")
+    if not folder.is_dir():
+        raise WeightsError(f"model {folder} is a file, not a pipeline folder; {HOW_TO_GET}")
+    if not (folder / "model_index.json").is_file():
+        raise WeightsError(f"{folder} is not a pipeline folder (no model_index.json); {HOW_TO_GET}")
+    problems = []
+    for component, needs in REQUIRED_FILES.items():
+        if not (folder / component).is_dir():
+            problems.append(f"component folder {component}/ is missing")
+            continue
+        for options in needs:
+            if not any((folder / component / name).is_file() for name in options):
+                problems.append(f"{component}/{' or '.join(options)} is missing")
+    if problems:
+        raise WeightsError(
+            f"model folder {folder} is incomplete: " + "; ".join(problems)
+            + f". Convert or download it again: {HOW_TO_GET}"
+        )
+
+
+def load_pipeline(model: str, device: str | torch.device = "auto", precision: str = "auto") -> LoadedPipeline:
+    """The pipeline for `model` ("tiny" or a folder), on `device`, in `precision`."""
+    from animate_backend.pipeline import AnimateAnyonePipeline
+    from animate_backend.tiny import make_tiny_pipeline
+
+    resolved = resolve_device(device)
+    dtype = resolve_dtype(precision, resolved)
+    if model == "tiny":
+        pipe = make_tiny_pipeline()
+        model_id = "tiny"
+    else:
+        folder = Path(model).expanduser()
+        check_pipeline_folder(folder)
+        try:
+            pipe = AnimateAnyonePipeline.from_pretrained(folder, dtype=dtype)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise WeightsError(f"could not load the pipeline in {folder}: {exc}. {HOW_TO_GET}") from exc
+        model_id = str(folder.resolve())
+    # Cast only when needed: diffusers warns about casting even to the same dtype.
+    if pipe.denoising_unet.dtype != dtype:
+        pipe.to(dtype=dtype)
+    pipe.to(device=resolved)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe=pipe, device=resolved, dtype=dtype, untrained=bool(pipe.is_untrained), model_id=model_id)

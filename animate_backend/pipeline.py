@@ -1,0 +1,602 @@
+"""AnimateAnyonePipeline: reference image + skeleton sequence -> video (paper section 3, 4.1).
+
+Reads top to bottom like a diffusers pipeline:
+
+1. Inputs are checked and preprocessed. The reference image and every skeleton are fitted
+   into the output size with their aspect kept and the rest padded ("contain", the mapping of
+   `pose_bridge.keypoints.Pose.fitted`): the reference is padded with the mean colour of its
+   own border, skeletons with black. The CLIP input is that same padded reference, padded once
+   more to a square, so CLIP's centre crop never cuts the character.
+2. CLIP embeds the reference (one context token); the VAE encodes it (posterior mean x scaling);
+   the ReferenceNet runs once at timestep 0 and its writers fill the reference bank.
+3. Denoising: each step, every context window (`context_windows.py`) runs the Pose Guider on
+   its skeletons and the denoising UNet on its latents (classifier-free guidance batched: the
+   unconditional half has a zero CLIP embedding and no reference attention, the same pose);
+   noise predictions are blended per frame with the windows' tapered weights, then the
+   scheduler steps every frame. Latents and scheduler arithmetic stay float32; the models run
+   in their own dtype (fp16/bf16 on GPU, fp32 on CPU).
+4. The VAE decodes the final latents in chunks; each chunk is handed to `on_frames` as soon as
+   it exists, so with `output_type=None` no decoded frame is kept and memory does not grow with
+   the video's length (host memory holds the latents and the skeletons: about 1.2 MB per frame
+   at 512x768).
+
+Example::
+
+    pipe = AnimateAnyonePipeline.from_pretrained(folder, dtype=torch.float16).to("cuda")
+    video = pipe(reference, poses, height=768, width=512, generator=torch.Generator().manual_seed(0)).frames[0]
+
+One call at a time per pipeline: the reference bank and the pose hook hold the call's state.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNetMotionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPVisionModelWithProjection
+
+from animate_backend.context_windows import context_windows
+from animate_backend.errors import CancelledError, InputError, OutOfMemoryError
+from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
+from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
+
+logger = logging.getLogger(__name__)
+
+# A file of this name in a saved pipeline folder marks its weights as random (make-tiny).
+UNTRAINED_MARKER = "UNTRAINED_RANDOM_WEIGHTS.txt"
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent", None)
+
+
+def make_clip_image_processor(**kwargs):
+    """A CLIPImageProcessor (OpenAI CLIP defaults unless overridden).
+
+    transformers 5 backs CLIPImageProcessor with torchvision and warns when it falls back to
+    Pillow; without torchvision we ask for the Pillow implementation directly.
+    """
+    if importlib.util.find_spec("torchvision") is None:
+        try:
+            from transformers import CLIPImageProcessorPil
+        except ImportError:
+            pass
+        else:
+            return CLIPImageProcessorPil(**kwargs)
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(**kwargs)
+
+
+def default_scheduler(beta_schedule: str = "linear") -> DDIMScheduler:
+    """DDIM as Moore-AnimateAnyone's released inference config sets it (REFERENCE.md section 2).
+
+    `beta_schedule` is a setting: the inference config says "linear", its training scripts
+    (and MusePose's inference) "scaled_linear".
+    """
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule=beta_schedule,
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+    )
+
+
+@dataclass
+class AnimateAnyoneOutput(BaseOutput):
+    """frames: list of lists of PIL images ("pil"), float array (B, F, H, W, 3) in [0, 1] ("np"),
+    float tensor (B, F, 3, H, W) in [0, 1] ("pt"), latents (B, 4, F, h, w) ("latent"), or None
+    (output_type=None: frames were only streamed to on_frames)."""
+
+    frames: Any = None
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def to_rgb_array(image: PIL.Image.Image | np.ndarray, what: str = "image") -> np.ndarray:
+    """An RGB uint8 (H, W, 3) array from a PIL image or a uint8 (H, W, 3|4) array.
+
+    Transparency (a render with a transparent film, say) is composited onto white: the
+    released weights were trained on videos of people in front of plain light backdrops.
+    """
+    if isinstance(image, PIL.Image.Image):
+        image = np.asarray(image.convert("RGBA") if "A" in image.getbands() else image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise InputError(
+            f"{what} must be a PIL image or a uint8 array of shape (H, W, 3), "
+            f"got {array.dtype} array of shape {array.shape}"
+        )
+    if array.shape[2] == 4:
+        alpha = array[:, :, 3:].astype(np.float32) / 255.0
+        return np.round(array[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return array
+
+
+def border_colour(image: np.ndarray) -> tuple[int, int, int]:
+    """Mean colour of the outermost pixels: padding in it reads as more background."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float64)
+    return tuple(int(round(c)) for c in border.mean(axis=0))
+
+
+def letterbox(image: np.ndarray, width: int, height: int, fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """Fit `image` into width x height with its aspect kept, centred, the rest filled with `fill`.
+
+    The same mapping as `Pose.fitted(width, height)`, so skeletons drawn from fitted poses and
+    letterboxed images line up.
+    """
+    src_h, src_w = image.shape[:2]
+    if (src_w, src_h) == (width, height):
+        return image
+    scale = min(width / src_w, height / src_h)
+    new_w = max(1, round(src_w * scale))
+    new_h = max(1, round(src_h * scale))
+    resized = np.asarray(PIL.Image.fromarray(image).resize((new_w, new_h), PIL.Image.Resampling.LANCZOS))
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[:] = fill
+    left = round((width - src_w * scale) / 2.0)
+    top = round((height - src_h * scale) / 2.0)
+    left = min(max(left, 0), width - new_w)
+    top = min(max(top, 0), height - new_h)
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas
+
+
+def pad_to_square(image: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = max(height, width)
+    return letterbox(image, side, side, fill) if height != width else image
+
+
+def draw_skeletons(poses, width: int, height: int, draw_hands: bool = True, draw_face: bool = True) -> np.ndarray:
+    """Skeleton images (F, height, width, 3) uint8 from a PoseSequence or from skeleton images.
+
+    Poses are fitted to the output size (aspect kept) and drawn there, with strokes scaled to
+    the resolution, so nothing is lost to resizing an image. Images are letterboxed.
+    """
+    if hasattr(poses, "frames") and hasattr(poses, "fps"):  # a pose_bridge PoseSequence
+        from pose_bridge.drawing import draw_pose, stroke_scale_for
+
+        stroke = stroke_scale_for(width, height)
+        frames = [
+            draw_pose(pose.fitted(width, height), hands=draw_hands, face=draw_face, stroke_scale=stroke)
+            for pose in poses.frames
+        ]
+    else:
+        if isinstance(poses, np.ndarray) and poses.ndim == 4:
+            poses = list(poses)
+        if not isinstance(poses, Sequence) or isinstance(poses, (str, bytes)):
+            raise InputError("poses must be a pose_bridge PoseSequence or a list of skeleton images")
+        frames = [letterbox(to_rgb_array(image, f"skeleton image {i}"), width, height) for i, image in enumerate(poses)]
+    if not frames:
+        raise InputError("no poses were given: the video needs at least one frame")
+    return np.stack(frames)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+class AnimateAnyonePipeline(DiffusionPipeline):
+    """Animate Anyone: a character image animated by a sequence of poses.
+
+    Components: vae (AutoencoderKL), image_encoder (CLIPVisionModelWithProjection),
+    feature_extractor (CLIPImageProcessor), reference_unet (UNet2DConditionModel, the
+    ReferenceNet), denoising_unet (UNetMotionModel), pose_guider (PoseGuider), scheduler (any
+    diffusers scheduler; DDIM by default, `default_scheduler()`).
+
+    On construction the reference-attention processors are installed (`self.reference_bank`)
+    and a forward hook adds the Pose Guider's features after the denoising UNet's conv_in
+    (`self.pose_injector`).
+    """
+
+    # True for random weights (make-tiny): callers must label any output as untrained.
+    is_untrained = False
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        image_encoder: CLIPVisionModelWithProjection,
+        feature_extractor,  # a transformers CLIPImageProcessor (or its Pillow twin)
+        reference_unet: UNet2DConditionModel,
+        denoising_unet: UNetMotionModel,
+        pose_guider: PoseGuider,
+        scheduler: KarrasDiffusionSchedulers,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            reference_unet=reference_unet,
+            denoising_unet=denoising_unet,
+            pose_guider=pose_guider,
+            scheduler=scheduler,
+        )
+        if pose_guider.config.conditioning_embedding_channels != denoising_unet.config.block_out_channels[0]:
+            raise ValueError(
+                f"the Pose Guider outputs {pose_guider.config.conditioning_embedding_channels} channels but the "
+                f"denoising UNet's conv_in has {denoising_unet.config.block_out_channels[0]}; they must be equal"
+            )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.reference_bank: ReferenceBank = install_reference_attention(reference_unet, denoising_unet)
+        self.pose_injector = PoseFeatureInjector(denoising_unet)
+
+    # -- saving and loading: the untrained marker travels with the folder
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        kwargs.setdefault("safe_serialization", True)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        marker = Path(save_directory) / UNTRAINED_MARKER
+        if self.is_untrained:
+            marker.write_text(
+                "This pipeline has random, untrained weights (python -m animate_backend make-tiny).\n"
+                "Its videos are noise and must be labelled as untrained wherever shown.\n"
+            )
+        elif marker.exists():
+            marker.unlink()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "AnimateAnyonePipeline":
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if (Path(pretrained_model_name_or_path) / UNTRAINED_MARKER).exists():
+            pipe.is_untrained = True
+        return pipe
+
+    # -- conditioning
+
+    @property
+    def motion_context_limit(self) -> int:
+        """The most frames one window may hold (the motion modules' positional-encoding length)."""
+        return int(getattr(self.denoising_unet.config, "motion_max_seq_length", 32))
+
+    def prepare_reference(self, reference_image, width: int, height: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The reference fitted to width x height: (1, 3, H, W) in [-1, 1], and the CLIP input (square uint8)."""
+        rgb = to_rgb_array(reference_image, "reference image")
+        fill = border_colour(rgb)
+        fitted = letterbox(rgb, width, height, fill)
+        pixels = torch.from_numpy(fitted).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        return pixels, pad_to_square(fitted, fill)
+
+    @torch.no_grad()
+    def encode_clip(self, clip_image: np.ndarray, device: torch.device) -> torch.Tensor:
+        """CLIP image embedding as a single context token, (1, 1, D)."""
+        pixel_values = self.feature_extractor(images=clip_image, return_tensors="pt").pixel_values
+        pixel_values = pixel_values.to(device=device, dtype=self.image_encoder.dtype)
+        return self.image_encoder(pixel_values).image_embeds[:, None, :]
+
+    @torch.no_grad()
+    def encode_reference_latents(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """VAE posterior mean x scaling factor, (1, 4, h, w)."""
+        pixels = pixels.to(device=device, dtype=self.vae.dtype)
+        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def write_reference(self, reference_latents: torch.Tensor, clip_embeds: torch.Tensor) -> None:
+        """Run the ReferenceNet once (timestep 0); its writers fill `self.reference_bank`.
+
+        A batch of references (e.g. [zero-CLIP, CLIP] for reference in both CFG branches)
+        gives one bank row per reference.
+        """
+        self.reference_bank.clear()
+        unet = self.reference_unet
+        unet(
+            reference_latents.to(unet.dtype),
+            torch.zeros((), device=reference_latents.device, dtype=torch.long),
+            encoder_hidden_states=clip_embeds.to(unet.dtype),
+            return_dict=False,
+        )
+
+    def pose_features(self, skeletons: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Pose Guider features (1, C, F, h, w) for skeleton images (F, H, W, 3) uint8."""
+        pixels = torch.from_numpy(skeletons).to(device).permute(0, 3, 1, 2)
+        pixels = pixels.to(self.pose_guider.dtype) / 255.0
+        features = self.pose_guider(pixels)
+        return features.permute(1, 0, 2, 3)[None]
+
+    @torch.no_grad()
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        skeletons: np.ndarray,
+        clip_embeds: torch.Tensor,
+        guidance_scale: float,
+        reference_in_uncond: bool = False,
+    ) -> torch.Tensor:
+        """Guided noise (model output) for latents (1, 4, F, h, w) of one window, float32.
+
+        Needs the reference bank written (`write_reference`). With guidance, the unconditional
+        half of the batch has a zero CLIP embedding and, unless `reference_in_uncond`, no
+        reference attention; both halves get the same pose features.
+        """
+        unet = self.denoising_unet
+        device = latents.device
+        frames = latents.shape[2]
+        do_cfg = guidance_scale > 1.0
+        model_input = torch.cat([latents, latents]) if do_cfg else latents
+        model_input = self.scheduler.scale_model_input(model_input, timestep)
+        context = torch.cat([torch.zeros_like(clip_embeds), clip_embeds]) if do_cfg else clip_embeds
+        context = context.repeat_interleave(frames, dim=0).to(unet.dtype)
+
+        bank = self.reference_bank
+        if do_cfg and not reference_in_uncond:
+            bank.reading_samples = (False, True)  # [uncond, cond] halves of the batch
+        else:
+            bank.reading_samples = None
+        self.pose_injector.set(self.pose_features(skeletons, device).to(unet.dtype))
+        try:
+            noise = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context, return_dict=False)[0]
+        finally:
+            self.pose_injector.clear()
+            bank.reading_samples = None
+        noise = noise.float()
+        if do_cfg:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        return noise
+
+    # -- decoding
+
+    @torch.no_grad()
+    def decode_video(
+        self,
+        latents: torch.Tensor,
+        on_frames: Callable[[int, np.ndarray], None] | None = None,
+        chunk_size: int = 8,
+        output_type: str | None = "np",
+        should_cancel: Callable[[], bool] | None = None,
+        on_progress: Callable[[dict], None] | None = None,
+    ):
+        """Decode latents (1, 4, F, h, w) chunk by chunk.
+
+        Each chunk is passed to `on_frames(first_index, uint8 (n, H, W, 3))` as soon as it is
+        decoded. Returns the frames in `output_type` ("np", "pt", "pil"), or None for None, in
+        which case nothing decoded is kept.
+        """
+        if latents.ndim != 5 or latents.shape[0] != 1:
+            raise InputError(f"latents to decode must be (1, 4, F, h, w), got shape {tuple(latents.shape)}")
+        total = latents.shape[2]
+        kept: list = []
+        for start in range(0, total, chunk_size):
+            if should_cancel is not None and should_cancel():
+                raise CancelledError(f"cancelled while decoding, after {start} of {total} frames")
+            chunk = latents[0, :, start : start + chunk_size].permute(1, 0, 2, 3)
+            chunk = chunk.to(device=self.vae.device, dtype=self.vae.dtype) / self.vae.config.scaling_factor
+            images = (self.vae.decode(chunk).sample.float() / 2 + 0.5).clamp(0, 1)  # (n, 3, H, W)
+            if on_frames is not None or output_type in ("pil",):
+                uint8 = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            if on_frames is not None:
+                on_frames(start, uint8)
+            if output_type == "np":
+                kept.append(images.permute(0, 2, 3, 1).cpu().numpy())
+            elif output_type == "pt":
+                kept.append(images.cpu())
+            elif output_type == "pil":
+                kept.extend(PIL.Image.fromarray(frame) for frame in uint8)
+            if on_progress is not None:
+                done = min(start + chunk_size, total)
+                on_progress(_progress("decode", frames_done=done, frames_total=total))
+        if output_type is None:
+            return None
+        if output_type == "np":
+            return np.concatenate(kept)[None]
+        if output_type == "pt":
+            return torch.cat(kept)[None]
+        return [kept]
+
+    # -- the call
+
+    def check_inputs(
+        self, height, width, num_frames, num_poses, context_frames, context_overlap, output_type, latents,
+        num_inference_steps=1,
+    ):
+        multiple = self.vae_scale_factor * 2 ** (len(self.denoising_unet.config.block_out_channels) - 1)
+        if height <= 0 or width <= 0 or height % 8 or width % 8:
+            raise InputError(
+                f"width and height must be positive multiples of 8, got {width}x{height}; "
+                f"try {max(8, width // 8 * 8)}x{max(8, height // 8 * 8)}"
+            )
+        if height % multiple or width % multiple:
+            logger.info("size %dx%d is not a multiple of %d; the UNet will interpolate", width, height, multiple)
+        if num_frames is not None and num_frames != num_poses:
+            raise InputError(
+                f"num_frames is {num_frames} but {num_poses} poses were given; give one pose per frame "
+                "(or leave num_frames out)"
+            )
+        if num_poses < 1:
+            raise InputError("no poses were given: the video needs at least one frame")
+        if not 1 <= context_frames <= self.motion_context_limit:
+            raise InputError(
+                f"context_frames must be between 1 and {self.motion_context_limit} (the motion modules' "
+                f"positional-encoding length), got {context_frames}; 24 is the usual value"
+            )
+        if not 0 <= context_overlap < context_frames:
+            raise InputError(
+                f"context_overlap must be at least 0 and less than context_frames ({context_frames}), "
+                f"got {context_overlap}; 4 is the usual value"
+            )
+        if num_inference_steps < 1:
+            raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}; 20-30 is usual")
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if latents is not None:
+            expected = (1, self.denoising_unet.config.in_channels, num_poses, height // 8, width // 8)
+            if tuple(latents.shape) != expected:
+                raise InputError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference_image: PIL.Image.Image | np.ndarray,
+        poses,
+        height: int,
+        width: int,
+        num_frames: int | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 3.5,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        context_frames: int = 24,
+        context_overlap: int = 4,
+        output_type: str | None = "pil",
+        callback_on_step_end: Callable[["AnimateAnyonePipeline", int, Any, dict], dict] | None = None,
+        on_progress: Callable[[dict], None] | None = None,
+        on_frames: Callable[[int, np.ndarray], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        draw_hands: bool = True,
+        draw_face: bool = True,
+        *,
+        reference_in_uncond: bool = False,
+        eta: float = 0.0,
+        decode_chunk_size: int = 8,
+    ) -> AnimateAnyoneOutput:
+        """Animate `reference_image` with `poses`.
+
+        Args:
+            reference_image: the character, PIL image or uint8 (H, W, 3) array, any size.
+            poses: a pose_bridge PoseSequence (drawn at height x width) or skeleton images.
+            height, width: output size in pixels, multiples of 8.
+            num_frames: must equal the number of poses when given.
+            num_inference_steps, guidance_scale: sampling steps and CFG scale (<= 1 disables CFG).
+            generator, latents: the random source, or initial latents (1, 4, F, height/8, width/8).
+            context_frames, context_overlap: window length and overlap for long videos.
+            output_type: "pil", "np", "pt", "latent", or None (frames only go to on_frames).
+            callback_on_step_end: diffusers-style `f(pipe, step, timestep, {"latents": ...}) -> dict`;
+                a returned "latents" replaces the latents.
+            on_progress: called with {stage, step, steps, window, windows, frames_done, frames_total}.
+            on_frames: `f(first_index, uint8 (n, H, W, 3))` as decoded chunks become final.
+            should_cancel: checked between windows and decode chunks; True raises CancelledError.
+            draw_hands, draw_face: which parts of a PoseSequence to draw.
+            reference_in_uncond: also give the unconditional branch reference attention (with a
+                zero-CLIP reference), as some other releases do. Off matches Moore's weights.
+            eta: DDIM eta (ignored by schedulers without it).
+            decode_chunk_size: frames per VAE decode.
+        """
+        skeletons = draw_skeletons(poses, width, height, draw_hands, draw_face) if _size_ok(width, height) else None
+        self.check_inputs(
+            height, width, num_frames, 0 if skeletons is None else len(skeletons),
+            context_frames, context_overlap, output_type, latents, num_inference_steps,
+        )
+        try:
+            return self._generate(
+                reference_image, skeletons, height, width, num_inference_steps, guidance_scale, generator,
+                latents, context_frames, context_overlap, output_type, callback_on_step_end, on_progress,
+                on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size,
+            )
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            # CUDA raises OutOfMemoryError; MPS and some CPU allocators a RuntimeError saying so.
+            if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
+                raise
+            raise OutOfMemoryError(
+                f"the device ran out of memory generating {width}x{height} with {context_frames}-frame windows; "
+                "try smaller windows (context_frames 16 or 12), a smaller size, or fp16 precision, "
+                "and close other programs using the GPU"
+            ) from exc
+        finally:
+            self.reference_bank.clear()
+            self.pose_injector.clear()
+
+    def _generate(
+        self, reference_image, skeletons, height, width, num_inference_steps, guidance_scale, generator,
+        latents, context_frames, context_overlap, output_type, callback_on_step_end, on_progress,
+        on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size,
+    ) -> AnimateAnyoneOutput:
+        device = self._execution_device
+        total = len(skeletons)
+        report = on_progress or (lambda info: None)
+
+        # 1-2. reference: CLIP token, latent, ReferenceNet once.
+        report(_progress("reference", frames_total=total))
+        pixels, clip_image = self.prepare_reference(reference_image, width, height)
+        clip_embeds = self.encode_clip(clip_image, device)
+        reference_latents = self.encode_reference_latents(pixels, device)
+        do_cfg = guidance_scale > 1.0
+        if do_cfg and reference_in_uncond:
+            self.write_reference(
+                reference_latents.repeat(2, 1, 1, 1), torch.cat([torch.zeros_like(clip_embeds), clip_embeds])
+            )
+        else:
+            self.write_reference(reference_latents, clip_embeds)
+
+        # 3. latents and timesteps (float32 throughout).
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        shape = (1, self.denoising_unet.config.in_channels, total, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        else:
+            latents = latents.to(device=device, dtype=torch.float32)
+        latents = latents * self.scheduler.init_noise_sigma
+        step_kwargs = self._step_kwargs(generator, eta)
+
+        windows = context_windows(total, context_frames, context_overlap)
+        window_weights = [
+            torch.tensor(w.weights, device=device, dtype=torch.float32).view(1, 1, -1, 1, 1) for w in windows
+        ]
+        for step, timestep in enumerate(timesteps):
+            noise_sum = torch.zeros_like(latents)
+            weight_sum = torch.zeros((1, 1, total, 1, 1), device=device, dtype=torch.float32)
+            for index, window in enumerate(windows):
+                if should_cancel is not None and should_cancel():
+                    raise CancelledError(
+                        f"cancelled at step {step + 1} of {len(timesteps)}, window {index + 1} of {len(windows)}"
+                    )
+                frames = slice(window.start, window.stop)
+                noise = self.predict_noise(
+                    latents[:, :, frames], timestep, skeletons[frames], clip_embeds, guidance_scale,
+                    reference_in_uncond,
+                )
+                noise_sum[:, :, frames] += noise * window_weights[index]
+                weight_sum[:, :, frames] += window_weights[index]
+                report(_progress("denoise", step + 1, len(timesteps), index + 1, len(windows), 0, total))
+            latents = self.scheduler.step(noise_sum / weight_sum, timestep, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                returned = callback_on_step_end(self, step, timestep, {"latents": latents}) or {}
+                latents = returned.get("latents", latents)
+        self.reference_bank.clear()
+
+        # 4. decode, streaming.
+        if output_type == "latent":
+            if on_frames is not None:
+                self.decode_video(latents, on_frames, decode_chunk_size, None, should_cancel, report)
+            return AnimateAnyoneOutput(frames=latents)
+        frames = self.decode_video(latents, on_frames, decode_chunk_size, output_type, should_cancel, report)
+        return AnimateAnyoneOutput(frames=frames)
+
+    def _step_kwargs(self, generator, eta: float) -> dict:
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        return kwargs
+
+
+def _size_ok(width: int, height: int) -> bool:
+    return width > 0 and height > 0 and width % 8 == 0 and height % 8 == 0
+
+
+def _progress(stage: str, step: int = 0, steps: int = 0, window: int = 0, windows: int = 0,
+              frames_done: int = 0, frames_total: int = 0) -> dict:
+    return {
+        "stage": stage, "step": step, "steps": steps, "window": window, "windows": windows,
+        "frames_done": frames_done, "frames_total": frames_total,
+    }

@@ -1,0 +1,253 @@
+"""`python -m animate_backend serve`: the long-lived local server the Blender add-on talks to.
+
+The protocol is pose_bridge.backend_protocol: one JSON object per line, requests on stdin,
+events on stdout, logs on stderr. The model stays loaded between jobs (a PipelineCache).
+
+Threads: the main thread reads requests, so ping, hello and cancel are answered while a job
+runs; one worker thread runs the queued jobs one at a time. Every event goes out through one
+lock, so lines never interleave. Nothing else may write to stdout: while serving, sys.stdout
+points at stderr (a stray print from any library lands in the log), and the protocol keeps a
+private handle to the real stdout.
+
+A job that fails (missing folder, invalid job.json, missing weights, a crash inside the
+pipeline, out of memory) becomes an error event and the server goes on serving.
+
+What the server writes, one line each:
+
+    {"type": "hello", "protocol": 1, "version": "0.1.0"}         answer to hello
+    {"type": "pong"}                                              answer to ping
+    {"type": "progress", "id", "stage", "step", "steps", "window", "windows",
+     "frames_done", "frames_total", "eta_s", "message"}
+        stages in order: loading, preparing, reference, denoising (one event per window per
+        step), decoding (one per frame), encoding, done; a rerun skips what is already made.
+    {"type": "frame", "id", "index", "path"}                      a finished frame file
+    {"type": "done", "id", "result": {...}}                       out/result.json's content
+    {"type": "cancelled", "id", "frames_done"}                    frame files the job now holds
+    {"type": "error", "id", "message", "kind"}                    kind: bad_request, bad_job,
+                                                                  missing_weights, out_of_memory,
+                                                                  internal
+    {"type": "bye"}                                               answer to shutdown, then exit 0
+
+Shutdown and end of input cancel the running and queued jobs (each gets its cancelled event)
+and exit with status 0. A cancel for a job that is not queued or running is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import IO, Any
+
+from animate_backend.errors import BackendError, CancelledError
+from animate_backend.job_runner import OOM_ADVICE, PipelineCache, count_finished_frames, is_out_of_memory, run_job
+from pose_bridge.backend_protocol import PROTOCOL_VERSION, ProtocolError, decode, encode
+from pose_bridge.errors import PoseBridgeError
+
+logger = logging.getLogger(__name__)
+
+# How long shutdown or end of input waits for a cancelled job to stop before exiting anyway.
+STOP_TIMEOUT_S = 60.0
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("animate-anyone-blender")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class _Job:
+    id: Any
+    job_dir: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Server:
+    """The protocol state: an output channel, a job queue and a worker thread."""
+
+    def __init__(self, out: IO[str], pipelines: PipelineCache | None = None) -> None:
+        self._out = out
+        self._out_lock = threading.Lock()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._active: dict[Any, _Job] = {}  # queued or running jobs by id
+        self._active_lock = threading.Lock()
+        self.pipelines = pipelines if pipelines is not None else PipelineCache()
+        self._worker = threading.Thread(target=self._work, name="animate-backend-worker", daemon=True)
+
+    # -- output
+
+    def send(self, message: dict[str, Any]) -> None:
+        line = encode(message)
+        with self._out_lock:
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                # The add-on went away; the read loop sees end of input and stops.
+                logger.debug("could not send %s: output closed", message.get("type"))
+
+    def error(self, job_id: Any, kind: str, message: str) -> None:
+        self.send({"type": "error", "id": job_id, "message": message, "kind": kind})
+
+    # -- input
+
+    def serve_lines(self, lines: IO[str]) -> int:
+        """Answer requests until shutdown or end of input; return the exit code."""
+        self._worker.start()
+        logger.info("animate_backend server ready (protocol %d, version %s)", PROTOCOL_VERSION, package_version())
+        # readline rather than iteration: each request is acted on as soon as its line arrives.
+        for line in iter(lines.readline, ""):
+            if not line.strip():
+                continue
+            if not self.handle(line):
+                return 0
+        logger.info("end of input: stopping")
+        self.stop()
+        return 0
+
+    def handle(self, line: str) -> bool:
+        """Act on one request line; False when the server should exit."""
+        try:
+            request = decode(line)
+        except ProtocolError as exc:
+            self.error(None, "bad_request", f"could not read the request {line.strip()[:200]!r}: {exc}")
+            return True
+        kind = request["type"]
+        if kind == "hello":
+            self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "version": package_version()})
+        elif kind == "ping":
+            self.send({"type": "pong"})
+        elif kind == "run":
+            self._queue_run(request)
+        elif kind == "cancel":
+            self._cancel(request.get("id"))
+        elif kind == "shutdown":
+            self.stop()
+            self.send({"type": "bye"})
+            return False
+        else:
+            self.error(
+                request.get("id"), "bad_request",
+                f"unknown request type {kind!r}; expected hello, ping, run, cancel or shutdown",
+            )
+        return True
+
+    def _queue_run(self, request: dict[str, Any]) -> None:
+        job_id, job_dir = request.get("id"), request.get("job")
+        if job_id is None or not isinstance(job_dir, str) or not job_dir:
+            self.error(job_id, "bad_request", 'a run request needs an "id" and a "job" folder path')
+            return
+        with self._active_lock:
+            if job_id in self._active:
+                self.error(job_id, "bad_request", f"a job with id {job_id!r} is already queued or running")
+                return
+            job = _Job(job_id, job_dir)
+            self._active[job_id] = job
+        logger.info("job %s queued: %s", job_id, job_dir)
+        self._jobs.put(job)
+
+    def _cancel(self, job_id: Any) -> None:
+        with self._active_lock:
+            job = self._active.get(job_id)
+        if job is None:
+            # Already finished, or never started: nothing to stop.
+            logger.info("cancel for %r ignored: no such job is queued or running", job_id)
+            return
+        logger.info("cancelling job %s", job_id)
+        job.cancel.set()
+
+    def stop(self) -> None:
+        """Cancel every queued and running job and wait (bounded) for the worker to finish."""
+        with self._active_lock:
+            for job in self._active.values():
+                job.cancel.set()
+        self._jobs.put(None)
+        if self._worker.is_alive():
+            self._worker.join(STOP_TIMEOUT_S)
+            if self._worker.is_alive():
+                logger.warning("the running job did not stop within %.0f s; exiting anyway", STOP_TIMEOUT_S)
+
+    # -- the worker
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._run(job)
+            finally:
+                with self._active_lock:
+                    self._active.pop(job.id, None)
+
+    def _run(self, job: _Job) -> None:
+        if job.cancel.is_set():
+            self.send({"type": "cancelled", "id": job.id, "frames_done": _finished(job.job_dir)})
+            return
+        logger.info("job %s started", job.id)
+        try:
+            result = run_job(
+                job.job_dir,
+                pipelines=self.pipelines,
+                on_event=lambda event: self.send({**event, "id": job.id}),
+                should_cancel=job.cancel.is_set,
+            )
+        except CancelledError:
+            logger.info("job %s cancelled", job.id)
+            self.send({"type": "cancelled", "id": job.id, "frames_done": _finished(job.job_dir)})
+        except BackendError as exc:
+            logger.info("job %s failed: %s", job.id, exc)
+            self.error(job.id, exc.kind, str(exc))
+        except PoseBridgeError as exc:
+            logger.info("job %s failed: %s", job.id, exc)
+            self.error(job.id, "bad_job", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a crash in one job must not end the server
+            if is_out_of_memory(exc):
+                self.error(job.id, "out_of_memory", f"{OOM_ADVICE} ({exc})")
+            else:
+                logger.error("job %s crashed:\n%s", job.id, traceback.format_exc())
+                self.error(
+                    job.id, "internal",
+                    f"the backend crashed while running the job ({type(exc).__name__}: {exc}); the "
+                    f"server's log (stderr) has the details, please report them",
+                )
+        else:
+            logger.info("job %s done in %.1f s", job.id, result.get("seconds", 0.0))
+            self.send({"type": "done", "id": job.id, "result": result})
+
+
+def _finished(job_dir: str) -> int:
+    try:
+        return count_finished_frames(job_dir)
+    except OSError:
+        return 0
+
+
+def serve(stdin: IO[str] | None = None, stdout: IO[str] | None = None, pipelines: PipelineCache | None = None) -> int:
+    """Serve the protocol on stdin/stdout until shutdown or end of input; return the exit code."""
+    stdin = stdin if stdin is not None else sys.stdin
+    saved_stdout, saved_fd = sys.stdout, None
+    if stdout is None:
+        # Keep a private handle on the real stdout for the protocol, then point both Python's
+        # sys.stdout and file descriptor 1 (used by C libraries) at stderr: anything printed
+        # by accident while serving lands in the log, never in the protocol.
+        sys.stdout.flush()
+        saved_fd = os.dup(1)
+        stdout = open(os.dup(saved_fd), "w", encoding="utf-8", newline="\n")
+        os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        return Server(stdout, pipelines).serve_lines(stdin)
+    finally:
+        sys.stdout = saved_stdout
+        if saved_fd is not None:
+            stdout.close()
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
