@@ -22,8 +22,8 @@ its own sun and background colour.
 Keypoints come from the add-on's own projection (blender_addon.projection): the points a
 Generate would send to the model, here with the pictures that belong to them. Frames are
 rendered with the add-on's still renderer (Workbench by default: fast and headless; or
-Cycles with few samples). The .blend file is never saved: everything the generator adds
-or changes lives only in this process.
+Cycles with few samples). The .blend file is never saved, and `generate_dataset` puts back
+what it changes (pose, animation, camera and light objects, world colour, render settings).
 """
 
 from __future__ import annotations
@@ -234,11 +234,13 @@ def place_camera(scene: bpy.types.Scene, camera: bpy.types.Object, centre: Vecto
 
 
 def light_scene(scene: bpy.types.Scene, sun: bpy.types.Object, rng: np.random.Generator) -> None:
-    """A sun from a random side and height, and a random, mostly grey, background."""
+    """A sun from a random side and height (Cycles, EEVEE), the studio light turned to a
+    random side (Workbench), and a random, mostly grey, background."""
     sun.rotation_euler = (math.radians(rng.uniform(10.0, 60.0)), 0.0, math.radians(rng.uniform(0.0, 360.0)))
     sun.data.energy = float(rng.uniform(2.0, 5.0))
-    if scene.world is None:
-        scene.world = bpy.data.worlds.new("Dataset World")
+    shading = scene.display.shading
+    if hasattr(shading, "studiolight_rotate_z"):
+        shading.studiolight_rotate_z = math.radians(rng.uniform(-180.0, 180.0))
     grey = rng.uniform(0.25, 0.85)
     scene.world.color = tuple(float(np.clip(grey + rng.uniform(-0.08, 0.08), 0.0, 1.0)) for _ in range(3))
 
@@ -280,6 +282,11 @@ def generate_dataset(
     cycles_samples = getattr(getattr(scene, "cycles", None), "samples", None)
     if cycles_samples is not None:
         scene.cycles.samples = settings.samples
+    own_world = scene.world is None
+    if own_world:
+        scene.world = bpy.data.worlds.new("Dataset World")
+    world_colour = tuple(scene.world.color)
+    studio_rotation = getattr(scene.display.shading, "studiolight_rotate_z", None)
     control = PoseControl(armature)
     frame_before = scene.frame_current
     entries = []
@@ -298,6 +305,13 @@ def generate_dataset(
         control.restore()
         if cycles_samples is not None:
             scene.cycles.samples = cycles_samples
+        scene.world.color = world_colour
+        if studio_rotation is not None:
+            scene.display.shading.studiolight_rotate_z = studio_rotation
+        if own_world:
+            world = scene.world
+            scene.world = None
+            bpy.data.worlds.remove(world)
         camera_data, sun_data = camera.data, sun.data
         bpy.data.objects.remove(camera)
         bpy.data.objects.remove(sun)
