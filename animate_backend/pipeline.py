@@ -271,7 +271,8 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         rgb = to_rgb_array(reference_image, "reference image")
         fill = border_colour(rgb)
         fitted = letterbox(rgb, width, height, fill)
-        pixels = torch.from_numpy(fitted).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        # torch.tensor copies: `fitted` may be a read-only view of the caller's image.
+        pixels = torch.tensor(fitted).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         return pixels, pad_to_square(fitted, fill)
 
     @torch.no_grad()

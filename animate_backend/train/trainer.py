@@ -97,7 +97,7 @@ def _load_pipeline_folder(folder: str):
 
     path = Path(folder).expanduser()
     check_pipeline_folder(path)
-    return AnimateAnyonePipeline.from_pretrained(str(path), torch_dtype=torch.float32)
+    return AnimateAnyonePipeline.from_pretrained(str(path), dtype=torch.float32)
 
 
 def _load_sd_models(config: TrainConfig) -> StageModels:

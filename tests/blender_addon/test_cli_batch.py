@@ -7,7 +7,6 @@ run is a fresh Python that imports torch, so there are only two of them here.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +25,9 @@ TINY = ["--model", "tiny", "--frames", "1-2", "--steps", "1", "--engine", "CYCLE
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop(backend_runner.PYTHON_ENV_VAR, None)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    # The environment passes through: where Blender's Python has no torch (the bpy 4.2 run),
+    # ANIMATE_BACKEND_PYTHON names the backend's interpreter, as it would on a render farm.
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def save_demo_shot(path: Path, camera: bool = True) -> Path:
