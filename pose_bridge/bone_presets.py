@@ -236,14 +236,16 @@ def _rigify_generated() -> ArmaturePreset:
     )
 
 
-def _mixamo() -> ArmaturePreset:
-    def side(stem: str) -> tuple[str, str]:
-        return (f"Right{stem}", f"Left{stem}")
+def _right_left(stem: str) -> tuple[str, str]:
+    """("RightX", "LeftX"): the side naming Mixamo and BVH/CMU skeletons share."""
+    return (f"Right{stem}", f"Left{stem}")
 
+
+def _mixamo() -> ArmaturePreset:
     body = _body(
         _neck("Neck", "RightArm", "LeftArm"), "Head",
-        arm={"shoulder": side("Arm"), "elbow": side("ForeArm"), "wrist": side("Hand")},
-        leg={"hip": side("UpLeg"), "knee": side("Leg"), "ankle": side("Foot")},
+        arm={"shoulder": _right_left("Arm"), "elbow": _right_left("ForeArm"), "wrist": _right_left("Hand")},
+        leg={"hip": _right_left("UpLeg"), "knee": _right_left("Leg"), "ankle": _right_left("Foot")},
         eyes=("RightEye", "LeftEye"),
     )
 
@@ -263,13 +265,10 @@ def _mixamo() -> ArmaturePreset:
 
 
 def _bvh_cmu() -> ArmaturePreset:
-    def side(stem: str) -> tuple[str, str]:
-        return (f"Right{stem}", f"Left{stem}")
-
     body = _body(
         _neck("Neck", "RightArm", "LeftArm"), "Head",
-        arm={"shoulder": side("Arm"), "elbow": side("ForeArm"), "wrist": side("Hand")},
-        leg={"hip": side("UpLeg"), "knee": side("Leg"), "ankle": side("Foot")},
+        arm={"shoulder": _right_left("Arm"), "elbow": _right_left("ForeArm"), "wrist": _right_left("Hand")},
+        leg={"hip": _right_left("UpLeg"), "knee": _right_left("Leg"), "ankle": _right_left("Foot")},
     )
 
     def hand(s: str, short: str) -> dict[str, SourceSpec]:
