@@ -5,10 +5,16 @@ work here, in plain methods, lets the Generate operator call them from its timer
 tests call them directly:
 
     controller = GenerateController(scene, options, job_dir, runner, import_mode="PLANE")
-    controller.start()                 # writes the job folder (main thread), sends it to the backend
+    controller.start()                 # checks the scene, starts the backend; returns at once
     while not controller.finished:
-        controller.poll()              # drains events: progress, frames, done / cancelled / error
+        controller.poll()              # writes the job a few frames at a time (main thread), then
+                                       # sends it and drains events: progress, frames, done / ...
     controller.finish()                # imports the result (main thread); returns what it made
+
+Writing the job evaluates every frame of the range, which for a long shot of a heavy rig
+takes a while: it is done in small steps from poll() (job_export.JobExport), so that
+Blender stays responsive, shows how far it is, and Cancel works before the backend has
+the job.
 
 The runner is a backend_client.BackendClient (a local server process) or an
 inprocess.InProcessRunner; both give protocol events.
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pose_bridge.errors import PoseBridgeError
 from pose_bridge.job import JobPaths
 
 from .errors import AddonError
@@ -81,7 +88,12 @@ class Progress:
         return ", ".join(parts) or self.message or "..."
 
     def factor(self) -> float:
-        """0..1 for a progress bar: denoising is most of the work, decoding the rest."""
+        """0..1 for a progress bar: denoising is most of the work, decoding the rest.
+
+        While the job is written the bar shows the projected frames (then starts again).
+        """
+        if self.stage == "exporting" and self.frames_total:
+            return min(1.0, self.frames_done / self.frames_total)
         if self.stage == "denoising" and self.steps:
             windows = max(1, self.windows or 1)
             done = (max(0, (self.step or 1) - 1) * windows + (self.window or windows)) / (self.steps * windows)
@@ -102,10 +114,21 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-class GenerateController:
-    """One Generate run. States: new, running, cancelling, done, cancelled, failed."""
+# Seconds of job writing per poll(): short enough that Blender redraws and takes clicks
+# between steps of the operator's 0.1 s timer, long enough that few frames wait a tick.
+EXPORT_BUDGET_S = 0.05
 
-    def __init__(self, scene, options, job_dir: str | Path, runner, import_mode: str = "PLANE", camera=None) -> None:
+
+class GenerateController:
+    """One Generate run. States: new, exporting, running, cancelling, done, cancelled, failed.
+
+    export_budget_s: seconds of job writing per poll() (0: one frame per poll).
+    """
+
+    def __init__(
+        self, scene, options, job_dir: str | Path, runner, import_mode: str = "PLANE", camera=None,
+        export_budget_s: float = EXPORT_BUDGET_S,
+    ) -> None:
         self.scene = scene
         self.options = options
         self.job_dir = Path(job_dir)
@@ -119,7 +142,9 @@ class GenerateController:
         self.error_kind: str | None = None
         self.result: dict[str, Any] | None = None
         self.frames_done = 0
-        self.paths: JobPaths | None = None
+        self.paths: JobPaths | None = None  # set once the job folder is written
+        self.export = None  # the job_export.JobExport while the job is being written
+        self.export_budget_s = export_budget_s
         self.imported = None
         self.started_at: float | None = None
 
@@ -127,24 +152,35 @@ class GenerateController:
     def finished(self) -> bool:
         return self.state in ("done", "cancelled", "failed")
 
-    def start(self) -> JobPaths:
-        """Write the job folder and hand it to the backend. Raises AddonError for a scene that cannot work."""
-        from .job_export import export_job
+    def start(self) -> None:
+        """Check the scene and start the backend; returns at once, the job is written by poll().
+
+        Raises AddonError for a scene or a setup that cannot work (no armature, unmapped
+        body bones, no backend...), with nothing written and no job sent.
+        """
+        from .job_export import JobExport
 
         if self.state != "new":
             raise AddonError("this Generate run has already been started")
         self.started_at = time.monotonic()
-        self.progress = Progress(stage="exporting")
-        self.paths = export_job(self.scene, self.options, self.job_dir)
-        self.progress = Progress(stage="starting")
+        self.export = JobExport(self.scene, self.options, self.job_dir)
+        # The backend starts (a process, a torch import) while the job is written; it is
+        # given the job only when the job is complete.
         self.runner.start()
-        self.runner.run(self.paths.root, self.job_id)
-        self.state = "running"
-        return self.paths
+        done, total = self.export.progress
+        self.progress = Progress(stage="exporting", frames_done=done, frames_total=total)
+        self.state = "exporting"
 
     def poll(self) -> str:
-        """Take in the events that arrived; returns the state. Never blocks."""
+        """Write some more of the job, or take in the events that arrived; returns the state.
+
+        While exporting, a poll takes about export_budget_s (at least one frame); otherwise
+        it never blocks.
+        """
         if self.finished or self.state == "new":
+            return self.state
+        if self.state == "exporting":
+            self._export_step()
             return self.state
         for event in self.runner.poll_events():
             self._on_event(event)
@@ -158,14 +194,23 @@ class GenerateController:
         while self.poll() not in ("done", "cancelled", "failed"):
             if deadline is not None and time.monotonic() > deadline:
                 self.cancel()
-                self._fail("internal", f"the backend did not finish within {timeout:.0f} s")
+                self._fail("internal", f"Generate did not finish within {timeout:.0f} s")
                 break
-            time.sleep(interval)
+            if self.state != "exporting":  # writing the job is work, not waiting
+                time.sleep(interval)
         return self.state
 
     def cancel(self) -> None:
-        """Ask the backend to stop; frames finished so far stay in the job folder."""
-        if self.state == "running":
+        """Stop the run. While the job is being written: stop writing, send nothing (an earlier
+        job folder at job_dir stays as it was). Afterwards: ask the backend to stop; frames
+        finished so far stay in the job folder."""
+        if self.state == "exporting":
+            self.export.cancel()
+            self.export = None
+            self.state = "cancelled"
+            self.progress.message = "cancelled"
+            self.message = "Cancelled while writing the job; nothing was generated"
+        elif self.state == "running":
             self.runner.cancel(self.job_id)
             self.state = "cancelling"
             self.progress.message = "cancelling"
@@ -184,6 +229,30 @@ class GenerateController:
             return None
         self.imported = import_result(self.scene, self.paths.root, self.import_mode, camera=self.camera)
         return self.imported
+
+    # ------------------------------------------------------------ exporting
+
+    def _export_step(self) -> None:
+        try:
+            finished = self.export.step(budget_s=self.export_budget_s)
+        except (AddonError, PoseBridgeError) as exc:
+            self.export = None
+            self._fail("export", str(exc))
+            return
+        except Exception as exc:  # a bug: fail the run, or the panel would show it exporting forever
+            log.exception("writing the job failed")
+            self.export = None
+            self._fail("export", f"writing the job failed: {type(exc).__name__}: {exc}")
+            return
+        done, total = self.export.progress
+        self.progress.frames_done, self.progress.frames_total = done, total
+        if not finished:
+            return
+        self.paths = self.export.paths
+        self.export = None
+        self.progress = Progress(stage="starting")
+        self.runner.run(self.paths.root, self.job_id)
+        self.state = "running"
 
     # ------------------------------------------------------------ events
 

@@ -6,7 +6,9 @@
 writes job.json, poses.json, the drawn skeletons in poses/, reference.png and, for a
 rendered reference, reference_pose.json (the armature's keypoints at the reference
 frame, for retargeting). The folder is written next to its final place and swapped in
-when complete, so an existing job is never left half overwritten.
+when complete, so an existing job is never left half overwritten. JobExport does the
+same in small steps, for the Generate operator's timer (Blender stays responsive and the
+export can be cancelled).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +251,226 @@ def _swap_in(tmp_dir: Path, job_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class JobExport:
+    """export_job in small steps, so that Blender stays responsive and the export can be cancelled.
+
+        export = JobExport(scene, options, "/shots/sh010/job")  # the quick checks; AddonError
+        while not export.step(budget_s=0.05):                   # a few frames per call
+            done, total = export.progress                       # projected frames
+        paths = export.paths
+
+    The Generate operator calls step() from its 0.1 s timer: projecting a long shot of a
+    heavy rig takes one scene.frame_set per frame, which would otherwise freeze Blender
+    with no progress and no way out. The phases, in order:
+
+        "project"    frames are projected, as many per step as budget_s allows (at least one)
+        "reference"  the reference still is rendered (or read): one blocking call
+        "write"      the job is written next to job_dir and swapped in: one call
+        "done"       paths is the job; also "cancelled" and "failed"
+
+    Nothing is written at job_dir before the last step, so a cancel (or an error) leaves no
+    half-written folder and an earlier job at job_dir as it was. The scene's current frame
+    is put back when the projection ends, and on a cancel or an error during it. Between
+    steps the scene sits on the last projected frame; people may work meanwhile, but a
+    frame they set then is not kept.
+    """
+
+    def __init__(
+        self,
+        scene: bpy.types.Scene,
+        options: ExportOptions,
+        job_dir: str | os.PathLike,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        # Everything that can fail without evaluating a frame fails here, at once, with
+        # nothing written: a missing armature or camera, unmapped body bones, bad settings.
+        self.scene = scene
+        self.options = options
+        self.job_dir = Path(bpy.path.abspath(str(job_dir))).resolve()
+        self.on_progress = progress
+        _check_replaceable(self.job_dir)
+        self.resolved = _resolve(scene, options)
+        self.mode = options.reference.lower()
+        if self.mode not in REFERENCE_MODES:
+            raise AddonError(
+                f"unknown reference mode '{options.reference}'; use one of {', '.join(REFERENCE_MODES)}"
+            )
+        if self.mode == "image" and options.retarget != "none" and not options.reference_pose_path:
+            raise AddonError(
+                f"retarget is '{options.retarget}' with an image reference, which needs the image's skeleton: "
+                f"give its OpenPose file (python -m pose_bridge detect makes one), or turn retargeting off"
+            )
+        # Bad generation settings fail here, before the projection and the render take time.
+        self.settings = _job_settings(scene, options, self.resolved, provenance={})
+        resolved = self.resolved
+        self._projector = projection.make_projector(
+            scene, resolved.armature, resolved.camera, resolved.frame_start, resolved.frame_end,
+            resolved.width, resolved.height, overrides=options.mapping, preset=options.preset,
+            hands=options.hands, face=options.face, occlusion=options.occlusion,
+        )
+        self._frames = list(range(resolved.frame_start, resolved.frame_end + 1))
+        self._poses: list = []
+        self._saved_frame: tuple[int, float] | None = None  # set while the scene is moved off its frame
+        self._result: projection.ProjectionResult | None = None
+        self._reference_rgb: np.ndarray | None = None
+        self._reference_pose = None
+        self._reference_frame = (
+            resolved.frame_start if options.reference_frame is None else int(options.reference_frame)
+        )
+        self.phase = "project"
+        self.paths: JobPaths | None = None
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(frames projected, frames in the range)."""
+        return len(self._poses), len(self._frames)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("done", "cancelled", "failed")
+
+    def step(self, budget_s: float = 0.05) -> bool:
+        """Do about budget_s seconds of work (at least one frame, or the render, or the write).
+
+        Returns True once the job is written (then paths is set). Raises AddonError when
+        the export cannot go on; the scene's frame is restored and nothing is left at job_dir.
+        """
+        if self.phase == "done":
+            return True
+        if self.finished:
+            raise AddonError(f"this export was {self.phase}; start a new one")
+        try:
+            if self.phase == "project":
+                self._project_some(budget_s)
+            elif self.phase == "reference":
+                self._make_reference()
+            elif self.phase == "write":
+                self._write()
+        except ReferenceError as exc:
+            # Between steps people may delete the armature or camera, or undo (which
+            # replaces every object): the export holds objects that are gone.
+            self._stop("failed")
+            raise AddonError(
+                f"an object the job is made from was removed (or undone) while the job was being "
+                f"written ({exc}); press Generate again"
+            ) from exc
+        except BaseException:
+            self._stop("failed")
+            raise
+        return self.phase == "done"
+
+    def cancel(self) -> None:
+        """Stop where it is: the scene's frame is restored, nothing is written at job_dir."""
+        if not self.finished:
+            self._stop("cancelled")
+
+    def run(self) -> JobPaths:
+        """All the steps at once (export_job)."""
+        while not self.step(budget_s=float("inf")):
+            pass
+        return self.paths
+
+    # ------------------------------------------------------------ phases
+
+    def _project_some(self, budget_s: float) -> None:
+        resolved = self.resolved
+        if self._saved_frame is None:
+            self._saved_frame = (self.scene.frame_current, self.scene.frame_subframe)
+        started = time.monotonic()
+        # output_frame sets the render size for the camera frame; it is held only during a
+        # step so that between steps the scene's render settings are the user's own.
+        with projection.output_frame(self.scene, resolved.width, resolved.height):
+            while len(self._poses) < len(self._frames):
+                self._poses.append(self._projector.pose_at(self._frames[len(self._poses)]))
+                if self.on_progress is not None:
+                    self.on_progress(*self.progress)
+                if time.monotonic() - started >= budget_s:
+                    break
+        if len(self._poses) < len(self._frames):
+            return
+        self._restore_frame()
+        self._result = projection.projection_result(self._projector, self._poses)
+        if self._result.unmapped:
+            log.info("keypoints without a bone (drawn as missing): %s", ", ".join(self._result.unmapped))
+        self.phase = "reference"
+
+    def _make_reference(self) -> None:
+        resolved, frame = self.resolved, self._reference_frame
+        self._reference_rgb = _reference_image(self.scene, self.options, resolved, frame)
+        if self.mode == "render":
+            if resolved.frame_start <= frame <= resolved.frame_end:
+                self._reference_pose = self._result.poses[frame - resolved.frame_start]
+            else:
+                self._reference_pose = _project(self.scene, self.options, resolved, frame, frame).poses[0]
+        self.phase = "write"
+
+    def _write(self) -> None:
+        scene, options, resolved, result = self.scene, self.options, self.resolved, self._result
+        settings = self.settings
+        settings.provenance = {
+            "blend_file": bpy.data.filepath,
+            "scene": scene.name,
+            "armature": resolved.armature.name,
+            "camera": resolved.camera.name,
+            "addon_version": addon_version(),
+            "blender_version": bpy.app.version_string,
+            "preset": result.mapping.preset,
+            "unmapped": result.unmapped,
+            "face_mesh": result.face_mesh,
+            "size_note": resolved.size_note,
+            "occlusion": bool(options.occlusion),
+            "reference": (
+                {"mode": "render", "frame": self._reference_frame, "engine": options.engine.upper()}
+                if self.mode == "render" else {"mode": "image", "path": str(options.image_path)}
+            ),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **options.provenance,
+        }
+
+        job_dir = self.job_dir
+        # Checked again: between steps something else may have been put at job_dir.
+        _check_replaceable(job_dir)
+        job_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{job_dir.name}.new-", dir=job_dir.parent))
+        tmp_dir.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a job folder is an ordinary folder
+        try:
+            try:
+                paths = write_job(
+                    tmp_dir, settings, self._reference_rgb, result.poses, draw_skeletons=options.draw_skeletons
+                )
+            except PoseBridgeError as exc:
+                raise AddonError(f"writing the job failed: {exc}") from exc
+            if self._reference_pose is not None:
+                openpose_json.write_frame(self._reference_pose, paths.root / REFERENCE_POSE_FILE)
+            elif options.reference_pose_path:
+                pose_file = Path(bpy.path.abspath(options.reference_pose_path))
+                try:
+                    openpose_json.write_frame(openpose_json.read_frame(pose_file), paths.root / REFERENCE_POSE_FILE)
+                except PoseBridgeError as exc:
+                    raise AddonError(f"the reference skeleton file {pose_file} cannot be used: {exc}") from exc
+            _swap_in(tmp_dir, job_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        log.info("wrote job %s (%d frames, %dx%d)", job_dir, settings.num_frames, settings.width, settings.height)
+        self.paths = JobPaths(job_dir)
+        self.phase = "done"
+
+    def _stop(self, phase: str) -> None:
+        self._restore_frame()
+        self.phase = phase
+
+    def _restore_frame(self) -> None:
+        if self._saved_frame is None:
+            return
+        frame, subframe = self._saved_frame
+        self._saved_frame = None
+        try:
+            self.scene.frame_set(frame, subframe=subframe)
+        except ReferenceError:
+            pass  # the scene itself was removed: there is no frame to put back
+
+
 def export_job(
     scene: bpy.types.Scene,
     options: ExportOptions,
@@ -258,73 +481,7 @@ def export_job(
 
     Raises AddonError (no armature, no camera, unmapped body bones, empty frame range,
     bad size, a render that failed...) before anything is written at job_dir.
-    progress(done, total) is called after each projected frame.
+    progress(done, total) is called after each projected frame. JobExport does the same
+    in steps.
     """
-    job_dir = Path(bpy.path.abspath(str(job_dir))).resolve()
-    _check_replaceable(job_dir)
-    resolved = _resolve(scene, options)
-    mode = options.reference.lower()
-    if mode not in REFERENCE_MODES:
-        raise AddonError(f"unknown reference mode '{options.reference}'; use one of {', '.join(REFERENCE_MODES)}")
-    if mode == "image" and options.retarget != "none" and not options.reference_pose_path:
-        raise AddonError(
-            f"retarget is '{options.retarget}' with an image reference, which needs the image's skeleton: "
-            f"give its OpenPose file (python -m pose_bridge detect makes one), or turn retargeting off"
-        )
-    # Bad generation settings fail here, before the projection and the render take time.
-    settings = _job_settings(scene, options, resolved, provenance={})
-
-    result = _project(scene, options, resolved, resolved.frame_start, resolved.frame_end, progress)
-    if result.unmapped:
-        log.info("keypoints without a bone (drawn as missing): %s", ", ".join(result.unmapped))
-    reference_frame = resolved.frame_start if options.reference_frame is None else int(options.reference_frame)
-    reference_rgb = _reference_image(scene, options, resolved, reference_frame)
-    reference_pose = None
-    if mode == "render":
-        if resolved.frame_start <= reference_frame <= resolved.frame_end:
-            reference_pose = result.poses[reference_frame - resolved.frame_start]
-        else:
-            reference_pose = _project(scene, options, resolved, reference_frame, reference_frame).poses[0]
-
-    settings.provenance = {
-        "blend_file": bpy.data.filepath,
-        "scene": scene.name,
-        "armature": resolved.armature.name,
-        "camera": resolved.camera.name,
-        "addon_version": addon_version(),
-        "blender_version": bpy.app.version_string,
-        "preset": result.mapping.preset,
-        "unmapped": result.unmapped,
-        "face_mesh": result.face_mesh,
-        "size_note": resolved.size_note,
-        "occlusion": bool(options.occlusion),
-        "reference": (
-            {"mode": "render", "frame": reference_frame, "engine": options.engine.upper()}
-            if mode == "render" else {"mode": "image", "path": str(options.image_path)}
-        ),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **options.provenance,
-    }
-
-    job_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{job_dir.name}.new-", dir=job_dir.parent))
-    tmp_dir.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a job folder is an ordinary folder
-    try:
-        try:
-            paths = write_job(tmp_dir, settings, reference_rgb, result.poses, draw_skeletons=options.draw_skeletons)
-        except PoseBridgeError as exc:
-            raise AddonError(f"writing the job failed: {exc}") from exc
-        if reference_pose is not None:
-            openpose_json.write_frame(reference_pose, paths.root / REFERENCE_POSE_FILE)
-        elif options.reference_pose_path:
-            pose_file = Path(bpy.path.abspath(options.reference_pose_path))
-            try:
-                openpose_json.write_frame(openpose_json.read_frame(pose_file), paths.root / REFERENCE_POSE_FILE)
-            except PoseBridgeError as exc:
-                raise AddonError(f"the reference skeleton file {pose_file} cannot be used: {exc}") from exc
-        _swap_in(tmp_dir, job_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    log.info("wrote job %s (%d frames, %dx%d)", job_dir, settings.num_frames, settings.width, settings.height)
-    return JobPaths(job_dir)
+    return JobExport(scene, options, job_dir, progress).run()

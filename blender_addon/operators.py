@@ -242,9 +242,8 @@ class ANIMATE_OT_generate(Operator):
             scene, options, job_dir, runner, import_mode=settings.import_mode,
             camera=effective_camera(scene, settings),
         )
-        controller.start()
+        controller.start()  # the job is written by the controller's poll(), a few frames at a time
         generation.ACTIVE = controller  # shown in the panel and status bar from now on
-        settings.last_job_dir = str(controller.paths.root)
         return controller
 
     def invoke(self, context, event):
@@ -298,6 +297,8 @@ class ANIMATE_OT_generate(Operator):
         return result
 
     def _finish(self, context, controller):
+        if controller.paths is not None:  # None when cancelled or failed while writing the job
+            controller.scene.animate_anyone.last_job_dir = str(controller.paths.root)
         try:
             imported = controller.finish()
         except USER_ERRORS as exc:

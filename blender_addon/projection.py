@@ -576,6 +576,56 @@ class _CameraView:
         return False
 
 
+def make_projector(
+    scene: bpy.types.Scene,
+    armature: bpy.types.Object,
+    camera: bpy.types.Object,
+    frame_start: int,
+    frame_end: int,
+    width: int,
+    height: int,
+    *,
+    overrides: dict[str, Any] | None = None,
+    preset: str = "auto",
+    hands: bool = True,
+    face: bool = True,
+    occlusion: bool = False,
+    require_body: bool = True,
+) -> Projector:
+    """A Projector for frames frame_start..frame_end, after the checks that need no frame set.
+
+    Raises AddonError for an empty frame range, a size that is not a multiple of 8, and
+    (require_body) unmapped body keypoints: everything that can be known before the first
+    frame is evaluated, so that a caller projecting frame by frame fails at once.
+    """
+    if armature.type != "ARMATURE":
+        raise AddonError(f"'{armature.name}' is not an armature; pick the character's armature")
+    if camera.type != "CAMERA":
+        raise AddonError(f"'{camera.name}' is not a camera; pick a camera")
+    check_frame_range(frame_start, frame_end)
+    check_size(width, height)
+    mapping = resolve_mapping(armature, overrides, preset)
+    if require_body:
+        check_required(mapping, armature)
+    return Projector(scene, armature, camera, mapping, width, height, hands=hands, face=face, occlusion=occlusion)
+
+
+def projection_result(projector: Projector, poses: list[Pose]) -> ProjectionResult:
+    """The ProjectionResult of poses projected by projector, at the scene's frame rate."""
+    scene = projector.scene
+    fps = scene.render.fps / scene.render.fps_base
+    log.info(
+        "projected %d frames of '%s' through '%s' (preset %s)", len(poses), projector.armature.name,
+        projector.camera.name, projector.mapping.preset or "none",
+    )
+    return ProjectionResult(
+        poses=PoseSequence(poses, fps=fps),
+        mapping=projector.mapping,
+        unmapped=projector.mapping.unmapped(projector.hands),
+        face_mesh=projector.face_mesh,
+    )
+
+
 def project_sequence(
     scene: bpy.types.Scene,
     armature: bpy.types.Object,
@@ -599,16 +649,10 @@ def project_sequence(
     range, a size that is not a multiple of 8, and (require_body) unmapped body keypoints.
     progress(done, total) is called after each frame (for a progress bar).
     """
-    if armature.type != "ARMATURE":
-        raise AddonError(f"'{armature.name}' is not an armature; pick the character's armature")
-    if camera.type != "CAMERA":
-        raise AddonError(f"'{camera.name}' is not a camera; pick a camera")
-    check_frame_range(frame_start, frame_end)
-    check_size(width, height)
-    mapping = resolve_mapping(armature, overrides, preset)
-    if require_body:
-        check_required(mapping, armature)
-    projector = Projector(scene, armature, camera, mapping, width, height, hands=hands, face=face, occlusion=occlusion)
+    projector = make_projector(
+        scene, armature, camera, frame_start, frame_end, width, height, overrides=overrides, preset=preset,
+        hands=hands, face=face, occlusion=occlusion, require_body=require_body,
+    )
     frames = list(range(frame_start, frame_end + 1))
     poses = []
     with restored_frame(scene), output_frame(scene, width, height):
@@ -616,17 +660,7 @@ def project_sequence(
             poses.append(projector.pose_at(frame))
             if progress is not None:
                 progress(len(poses), len(frames))
-    fps = scene.render.fps / scene.render.fps_base
-    log.info(
-        "projected %d frames of '%s' through '%s' (preset %s)", len(poses), armature.name, camera.name,
-        mapping.preset or "none",
-    )
-    return ProjectionResult(
-        poses=PoseSequence(poses, fps=fps),
-        mapping=mapping,
-        unmapped=mapping.unmapped(hands),
-        face_mesh=projector.face_mesh,
-    )
+    return projection_result(projector, poses)
 
 
 @contextlib.contextmanager

@@ -206,6 +206,36 @@ def test_generate_imports_the_result(scene, tmp_path, backend, mode):
     assert controller.finish() is made  # finishing twice imports once
 
 
+def test_generate_writes_the_job_in_steps_then_runs_it(tmp_path, backend):
+    """Writing the job is spread over polls (one frame each at budget 0), then the backend runs it."""
+    frames = 5
+    scene = ui_scene.build_scene(tmp_path, frames=frames)
+    ui_scene.enable_addon()
+    ui_scene.configure(scene, tmp_path, import_mode="NONE")
+    scene.frame_set(3)
+    controller = generation.GenerateController(
+        scene, operators.export_options(scene, prefs()), tmp_path / "job", backend, import_mode="NONE",
+        export_budget_s=0,
+    )
+    controller.start()
+    assert controller.state == "exporting" and controller.progress.frames_done == 0
+    assert not (tmp_path / "job").exists()
+
+    exported = []
+    deadline = time.monotonic() + 180
+    while not controller.finished:
+        assert time.monotonic() < deadline, "the backend did not finish in time"
+        controller.poll()
+        if controller.progress.stage == "exporting":
+            exported.append(controller.progress.frames_done)
+        time.sleep(0.01)
+    assert exported[:frames] == list(range(1, frames + 1))  # a frame per poll, in order
+    assert exported == sorted(exported) and exported[-1] == frames
+    assert controller.state == "done", controller.message
+    assert controller.result["frames"] == frames
+    assert scene.frame_current == 3  # the export put the scene back on the user's frame
+
+
 def test_cancel_keeps_the_finished_frames(tmp_path, backend):
     frames = 17
     scene = ui_scene.build_scene(tmp_path, frames=frames)
@@ -354,14 +384,26 @@ def test_modal_generate_finishes_and_esc_cancels(scene, tmp_path, backend):
     assert reports[-1][0] == {"INFO"} and "Generated 3 frames" in reports[-1][1] and "imported as" in reports[-1][1]
     assert controller.imported.type == "MOVIE"
 
+    esc = SimpleNamespace(type="ESC", value="PRESS")
     controller = generation.GenerateController(scene, options, tmp_path / "job2", backend, import_mode="STRIP")
     controller.start()
     generation.ACTIVE = controller
-    esc = SimpleNamespace(type="ESC", value="PRESS")
+    while controller.state == "exporting":  # the job is written: Esc now stops the backend
+        controller.poll()
     result, reports = _drive_modal(controller, [esc])
     assert result == {"CANCELLED"}
     assert controller.state == "cancelled"
     assert reports[-1][0] == {"WARNING"} and reports[-1][1].startswith("Cancelled")
+
+    # Esc while the job is still being written: nothing is sent, no folder is left.
+    controller = generation.GenerateController(scene, options, tmp_path / "job3", backend, import_mode="STRIP")
+    controller.start()
+    generation.ACTIVE = controller
+    result, reports = _drive_modal(controller, [esc])
+    assert result == {"CANCELLED"}
+    assert controller.state == "cancelled" and controller.paths is None
+    assert reports[-1] == ({"WARNING"}, "Cancelled while writing the job; nothing was generated")
+    assert not (tmp_path / "job3").exists()
 
 
 def test_client_reports_each_death_once_and_can_start_again(tmp_path):
