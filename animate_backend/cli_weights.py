@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-DTYPES = ("fp16", "fp32", "bf16")
+# "keep": each weight keeps the precision of the file it comes from (Moore's .pth files are fp32).
+DTYPES = ("keep", "fp16", "fp32", "bf16")
+DTYPE_HELP = "weights precision on disk: keep the checkpoints' own (default; Moore's are fp32) or round to one"
 
 
 def _dtype(name: str):
     import torch
 
-    return {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[name]
+    return {"keep": None, "fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 def _stage(text: str) -> None:
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--vae", required=True, help="sd-vae-ft-mse folder")
     convert.add_argument("--image-encoder", required=True, help="sd-image-variations-diffusers image_encoder folder")
     convert.add_argument("--out", required=True, help="pipeline folder to write")
-    convert.add_argument("--dtype", choices=DTYPES, default="fp16", help="weights precision on disk (default fp16)")
+    convert.add_argument("--dtype", choices=DTYPES, default="keep", help=DTYPE_HELP)
     convert.add_argument("--beta-schedule", choices=("linear", "scaled_linear"), default="linear",
                          help="DDIM beta schedule (Moore's inference config: linear)")
     convert.add_argument("--force", action="store_true", help="replace --out if it exists (only after success)")
@@ -45,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("--out", required=True, help="pipeline folder to write")
     fetch.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: the standard cache)")
     fetch.add_argument("--offline", action="store_true", help="use only files already in the cache")
-    fetch.add_argument("--dtype", choices=DTYPES, default="fp16", help="weights precision on disk (default fp16)")
+    fetch.add_argument("--dtype", choices=DTYPES, default="keep", help=DTYPE_HELP)
     fetch.add_argument("--force", action="store_true", help="replace --out if it exists (only after success)")
     fetch.set_defaults(func=run_fetch)
 

@@ -189,9 +189,12 @@ def check_inputs(moore_dir: Path, base_unet_dir: Path, vae_dir: Path, image_enco
     problems.raise_if_any("cannot convert: inputs are missing")
 
 
-def _load_pretrained(cls, folder: Path, what: str, problems: Problems, dtype: torch.dtype):
+def _load_pretrained(cls, folder: Path, what: str, problems: Problems, dtype: torch.dtype | None):
     try:
-        model, info = cls.from_pretrained(folder, output_loading_info=True, dtype=dtype)
+        # No dtype: the folder's own precision, as for Moore's files (transformers calls that "auto";
+        # diffusers keeps a checkpoint's float32 when given none).
+        keep = "auto" if cls.__module__.startswith("transformers") else None
+        model, info = cls.from_pretrained(folder, output_loading_info=True, dtype=dtype or keep)
     except Exception as exc:  # noqa: BLE001 - reported with the folder named
         problems.add(f"{what} in {folder} cannot be loaded: {exc}")
         return None
@@ -208,13 +211,17 @@ def convert_moore(
     image_encoder_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype | None = None,
     overwrite: bool = False,
     beta_schedule: str = "linear",
     pose_guider_channels: tuple[int, ...] = (16, 32, 96, 256),
     on_stage: Callable[[str], None] | None = None,
 ) -> Path:
     """Write our pipeline folder at `out_dir` from Moore's files and the base models. Returns `out_dir`.
+
+    Weights keep the precision of the files they come from (Moore's are fp32), so a converted
+    pipeline computes what the checkpoint does; `dtype` (e.g. torch.float16) rounds them all to
+    one precision instead, which halves the folder's size.
 
     `pose_guider_channels` is the released Pose Guider's layout; other values are for models
     trained with another (e.g. the tiny test models).
@@ -340,5 +347,7 @@ def _place_motion(
     return placed
 
 
-def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    if dtype is None:
+        return state
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}

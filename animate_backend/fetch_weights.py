@@ -106,7 +106,7 @@ def fetch_weights(
     *,
     cache_dir: str | os.PathLike | None = None,
     offline: bool = False,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype | None = None,
     overwrite: bool = False,
     on_stage: Callable[[str], None] | None = None,
 ) -> Path:

@@ -50,6 +50,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from animate_backend.context_windows import context_windows
 from animate_backend.errors import CancelledError, InputError, OutOfMemoryError
+from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
 from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
 
@@ -201,9 +202,10 @@ class AnimateAnyonePipeline(DiffusionPipeline):
     ReferenceNet), denoising_unet (UNetMotionModel), pose_guider (PoseGuider), scheduler (any
     diffusers scheduler; DDIM by default, `default_scheduler()`).
 
-    On construction the reference-attention processors are installed (`self.reference_bank`)
-    and a forward hook adds the Pose Guider's features after the denoising UNet's conv_in
-    (`self.pose_injector`).
+    On construction the reference-attention processors are installed (`self.reference_bank`),
+    a forward hook adds the Pose Guider's features after the denoising UNet's conv_in
+    (`self.pose_injector`), and the motion modules are set to normalise per frame
+    (`motion_norm`, see `models/motion_norm.py`).
     """
 
     # True for random weights (make-tiny): callers must label any output as untrained.
@@ -218,6 +220,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         denoising_unet: UNetMotionModel,
         pose_guider: PoseGuider,
         scheduler: KarrasDiffusionSchedulers,
+        motion_norm: str = "per_frame",
     ):
         super().__init__()
         self.register_modules(
@@ -234,6 +237,9 @@ class AnimateAnyonePipeline(DiffusionPipeline):
                 f"the Pose Guider outputs {pose_guider.config.conditioning_embedding_channels} channels but the "
                 f"denoising UNet's conv_in has {denoising_unet.config.block_out_channels[0]}; they must be equal"
             )
+        # Saved in model_index.json; "per_frame" is what every released motion module was trained with.
+        set_motion_norm(denoising_unet, motion_norm)
+        self.register_to_config(motion_norm=motion_norm)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.reference_bank: ReferenceBank = install_reference_attention(reference_unet, denoising_unet)
         self.pose_injector = PoseFeatureInjector(denoising_unet)

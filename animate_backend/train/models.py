@@ -16,6 +16,7 @@ from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from torch import nn
 
 from animate_backend.errors import WeightsError
+from animate_backend.models.motion_norm import use_per_frame_motion_norm
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +100,17 @@ def _motion_adapter(config, max_seq_length: int, num_attention_heads: int) -> Mo
 
 
 def motion_unet_from_unet2d(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
-    """UNetMotionModel with `unet`'s 2D weights and `adapter`'s motion modules."""
+    """UNetMotionModel with `unet`'s 2D weights and `adapter`'s motion modules, normalising per frame.
+
+    New motion modules and AnimateDiff adapters alike are trained and used per frame
+    (`animate_backend.models.motion_norm`), in training exactly as at inference.
+    """
     try:
-        return UNetMotionModel.from_unet2d(unet, adapter)
+        motion_unet = UNetMotionModel.from_unet2d(unet, adapter)
     except ValueError as exc:
         raise WeightsError(f"the motion adapter does not fit the denoising UNet: {exc}") from exc
+    use_per_frame_motion_norm(motion_unet)
+    return motion_unet
 
 
 def gaussian_init_pose_guider(pose_guider: nn.Module, std: float = 0.02, seed: int = 0) -> None:
@@ -119,6 +126,3 @@ def gaussian_init_pose_guider(pose_guider: nn.Module, std: float = 0.02, seed: i
                 if module.bias is not None:
                     module.bias.zero_()
 
-
-def motion_parameter_names(unet: nn.Module) -> list[str]:
-    return [name for name, _ in unet.named_parameters() if is_motion_key(name)]

@@ -37,6 +37,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from animate_backend.errors import InputError, WeightsError
 from animate_backend.loading import check_pipeline_folder
+from animate_backend.models.motion_norm import uses_per_frame_motion_norm
 from animate_backend.models.pose_guider import PoseGuider
 from animate_backend.models.reference_attention import remove_reference_attention
 from animate_backend.pipeline import AnimateAnyonePipeline
@@ -211,6 +212,11 @@ def export_pipeline(models: StageModels, config: TrainConfig):
         denoising_unet = fresh_copy(denoising_unet)
     pose_guider = fresh_copy(models.pose_guider)
     scheduler = DDIMScheduler.from_config(models.noise_scheduler.config)
+    # fresh_copy builds diffusers' own motion modules: the pipeline gives them the norm they
+    # were trained with (new ones from stage 1 are per frame, like every released module).
+    trained = models.denoising_unet
+    per_frame = isinstance(trained, UNet2DConditionModel) or uses_per_frame_motion_norm(trained)
+    trained_norm = "per_frame" if per_frame else "pooled"
     return AnimateAnyonePipeline(
         vae=models.vae,
         image_encoder=models.image_encoder,
@@ -219,6 +225,7 @@ def export_pipeline(models: StageModels, config: TrainConfig):
         pose_guider=pose_guider,
         scheduler=scheduler,
         feature_extractor=models.feature_extractor,
+        motion_norm=trained_norm,
     )
 
 
