@@ -3,12 +3,17 @@
 The denoising UNet sees `context_frames` frames at a time. For a longer video the frames are
 covered by windows that overlap by (at least) `context_overlap` frames; each step, every
 window predicts noise for its frames and the predictions are blended per frame with the
-windows' weights (paper 4.1, "temporal aggregation").
+windows' weights (paper 4.1, "temporal aggregation"). Two schedules (docs/model.md, "Long videos"):
 
-Unlike Moore-AnimateAnyone, windows never wrap from the video's end onto its start (the last
-window is moved back to end on the last frame), and weights taper linearly across each overlap
-so neighbouring windows cross-fade instead of averaging with a seam. A weight is never zero:
-a frame that only one window covers gets that window's prediction unchanged.
+- "tapered" (the default): windows never wrap from the video's end onto its start (the last
+  window is moved back to end on the last frame), and weights taper linearly across each
+  overlap so neighbouring windows cross-fade instead of averaging with a seam. A weight is
+  never zero: a frame that only one window covers gets that window's prediction unchanged.
+- "loop": the schedule Moore-AnimateAnyone released, kept so published results can be
+  reproduced and compared. Windows start every `context_frames - context_overlap` frames from
+  frame 0 for as long as the start is inside the video; a window running past the end wraps
+  onto the first frames (8 frames, windows of 4, overlap 2: 0-3, 2-5, 4-7, 6 7 0 1). Every
+  window weighs 1, so each frame gets the plain mean of its predictions.
 """
 
 from __future__ import annotations
@@ -18,20 +23,18 @@ from dataclasses import dataclass
 import torch
 
 
+CONTEXT_SCHEDULES = ("tapered", "loop")
+
+
 @dataclass(frozen=True)
 class ContextWindow:
-    """Frames start..stop-1 of the video, with one blending weight per frame."""
+    """Video frames in the order the motion modules see them, with one blending weight per frame."""
 
-    start: int
-    stop: int
+    frames: tuple[int, ...]
     weights: tuple[float, ...]
 
-    @property
-    def frames(self) -> range:
-        return range(self.start, self.stop)
-
     def __len__(self) -> int:
-        return self.stop - self.start
+        return len(self.frames)
 
 
 def window_starts(num_frames: int, context_frames: int, context_overlap: int) -> list[int]:
@@ -52,8 +55,12 @@ def _ramp(length: int) -> list[float]:
     return [(i + 1) / (length + 1) for i in range(length)]
 
 
-def context_windows(num_frames: int, context_frames: int, context_overlap: int) -> list[ContextWindow]:
-    """The windows covering frames 0..num_frames-1, in order, each with tapered weights."""
+def context_windows(
+    num_frames: int, context_frames: int, context_overlap: int, schedule: str = "tapered"
+) -> list[ContextWindow]:
+    """The windows covering frames 0..num_frames-1, in order, with their weights (`CONTEXT_SCHEDULES`)."""
+    if schedule not in CONTEXT_SCHEDULES:
+        raise ValueError(f"context schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {schedule!r}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     if context_frames < 1:
@@ -62,6 +69,24 @@ def context_windows(num_frames: int, context_frames: int, context_overlap: int) 
         raise ValueError(
             f"context_overlap must be at least 0 and less than context_frames ({context_frames}), got {context_overlap}"
         )
+    if schedule == "loop":
+        return loop_windows(num_frames, context_frames, context_overlap)
+    return tapered_windows(num_frames, context_frames, context_overlap)
+
+
+def loop_windows(num_frames: int, context_frames: int, context_overlap: int) -> list[ContextWindow]:
+    """Moore-AnimateAnyone's closed-loop windows, uniform weights."""
+    if num_frames <= context_frames:
+        return [ContextWindow(tuple(range(num_frames)), (1.0,) * num_frames)]
+    stride = context_frames - context_overlap
+    return [
+        ContextWindow(tuple((start + i) % num_frames for i in range(context_frames)), (1.0,) * context_frames)
+        for start in range(0, num_frames, stride)
+    ]
+
+
+def tapered_windows(num_frames: int, context_frames: int, context_overlap: int) -> list[ContextWindow]:
+    """Windows that end flush with the video, cross-fading across their overlaps."""
     starts = window_starts(num_frames, context_frames, context_overlap)
     length = min(context_frames, num_frames)
     windows = []
@@ -76,7 +101,7 @@ def context_windows(num_frames: int, context_frames: int, context_overlap: int) 
             overlap_after = stop - starts[index + 1]
             for i, w in enumerate(reversed(_ramp(overlap_after))):
                 weights[length - overlap_after + i] = min(weights[length - overlap_after + i], w)
-        windows.append(ContextWindow(start, stop, tuple(weights)))
+        windows.append(ContextWindow(tuple(range(start, stop)), tuple(weights)))
     return windows
 
 
@@ -84,5 +109,5 @@ def coverage(windows: list[ContextWindow], num_frames: int) -> torch.Tensor:
     """Sum of the window weights per frame (float32, shape (num_frames,))."""
     total = torch.zeros(num_frames, dtype=torch.float32)
     for window in windows:
-        total[window.start : window.stop] += torch.tensor(window.weights, dtype=torch.float32)
+        total.index_add_(0, torch.tensor(window.frames), torch.tensor(window.weights, dtype=torch.float32))
     return total

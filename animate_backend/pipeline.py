@@ -12,7 +12,8 @@ Reads top to bottom like a diffusers pipeline:
 3. Denoising: each step, every context window (`context_windows.py`) runs the Pose Guider on
    its skeletons and the denoising UNet on its latents (classifier-free guidance batched: the
    unconditional half has a zero CLIP embedding and no reference attention, the same pose);
-   noise predictions are blended per frame with the windows' tapered weights, then the
+   noise predictions are blended per frame with the windows' weights (tapered cross-fades by
+   default, or Moore's wrapping windows with a plain mean: `context_schedule`), then the
    scheduler steps every frame. Latents and scheduler arithmetic stay float32; the models run
    in their own dtype (fp16/bf16 on GPU, fp32 on CPU).
 4. The VAE decodes the final latents in chunks; each chunk is handed to `on_frames` as soon as
@@ -48,7 +49,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModelWithProjection
 
-from animate_backend.context_windows import context_windows
+from animate_backend.context_windows import CONTEXT_SCHEDULES, context_windows
 from animate_backend.errors import CancelledError, InputError, OutOfMemoryError
 from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
@@ -412,7 +413,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
 
     def check_inputs(
         self, height, width, num_frames, num_poses, context_frames, context_overlap, output_type, latents,
-        num_inference_steps=1,
+        num_inference_steps=1, context_schedule="tapered",
     ):
         multiple = self.vae_scale_factor * 2 ** (len(self.denoising_unet.config.block_out_channels) - 1)
         if height <= 0 or width <= 0 or height % 8 or width % 8:
@@ -438,6 +439,11 @@ class AnimateAnyonePipeline(DiffusionPipeline):
             raise InputError(
                 f"context_overlap must be at least 0 and less than context_frames ({context_frames}), "
                 f"got {context_overlap}; 4 is the usual value"
+            )
+        if context_schedule not in CONTEXT_SCHEDULES:
+            raise InputError(
+                f"context_schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {context_schedule!r}; "
+                "'tapered' is the default, 'loop' reproduces Moore-AnimateAnyone's windows"
             )
         if num_inference_steps < 1:
             raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}; 20-30 is usual")
@@ -473,6 +479,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         reference_in_uncond: bool = False,
         eta: float = 0.0,
         decode_chunk_size: int = 8,
+        context_schedule: str = "tapered",
     ) -> AnimateAnyoneOutput:
         """Animate `reference_image` with `poses`.
 
@@ -484,6 +491,8 @@ class AnimateAnyonePipeline(DiffusionPipeline):
             num_inference_steps, guidance_scale: sampling steps and CFG scale (<= 1 disables CFG).
             generator, latents: the random source, or initial latents (1, 4, F, height/8, width/8).
             context_frames, context_overlap: window length and overlap for long videos.
+            context_schedule: "tapered" (no wrap, cross-faded overlaps) or "loop" (Moore's released
+                windows: the last one wraps onto the first frames, plain per-frame mean).
             output_type: "pil", "np", "pt", "latent", or None (frames only go to on_frames).
             callback_on_step_end: diffusers-style `f(pipe, step, timestep, {"latents": ...}) -> dict`;
                 a returned "latents" replaces the latents.
@@ -499,13 +508,13 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         skeletons = draw_skeletons(poses, width, height, draw_hands, draw_face) if _size_ok(width, height) else None
         self.check_inputs(
             height, width, num_frames, 0 if skeletons is None else len(skeletons),
-            context_frames, context_overlap, output_type, latents, num_inference_steps,
+            context_frames, context_overlap, output_type, latents, num_inference_steps, context_schedule,
         )
         try:
             return self._generate(
                 reference_image, skeletons, height, width, num_inference_steps, guidance_scale, generator,
                 latents, context_frames, context_overlap, output_type, callback_on_step_end, on_progress,
-                on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size,
+                on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size, context_schedule,
             )
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             # CUDA raises OutOfMemoryError; MPS and some CPU allocators a RuntimeError saying so.
@@ -523,7 +532,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
     def _generate(
         self, reference_image, skeletons, height, width, num_inference_steps, guidance_scale, generator,
         latents, context_frames, context_overlap, output_type, callback_on_step_end, on_progress,
-        on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size,
+        on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size, context_schedule,
     ) -> AnimateAnyoneOutput:
         device = self._execution_device
         total = len(skeletons)
@@ -553,25 +562,27 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         latents = latents * self.scheduler.init_noise_sigma
         step_kwargs = self._step_kwargs(generator, eta)
 
-        windows = context_windows(total, context_frames, context_overlap)
+        windows = context_windows(total, context_frames, context_overlap, context_schedule)
+        window_frames = [torch.tensor(w.frames, device=device) for w in windows]
         window_weights = [
             torch.tensor(w.weights, device=device, dtype=torch.float32).view(1, 1, -1, 1, 1) for w in windows
         ]
+        weight_sum = torch.zeros((1, 1, total, 1, 1), device=device, dtype=torch.float32)
+        for frames, weights in zip(window_frames, window_weights):
+            weight_sum.index_add_(2, frames, weights)
         for step, timestep in enumerate(timesteps):
             noise_sum = torch.zeros_like(latents)
-            weight_sum = torch.zeros((1, 1, total, 1, 1), device=device, dtype=torch.float32)
             for index, window in enumerate(windows):
                 if should_cancel is not None and should_cancel():
                     raise CancelledError(
                         f"cancelled at step {step + 1} of {len(timesteps)}, window {index + 1} of {len(windows)}"
                     )
-                frames = slice(window.start, window.stop)
+                frames = window_frames[index]
                 noise = self.predict_noise(
-                    latents[:, :, frames], timestep, skeletons[frames], clip_embeds, guidance_scale,
-                    reference_in_uncond,
+                    latents.index_select(2, frames), timestep, skeletons[list(window.frames)], clip_embeds,
+                    guidance_scale, reference_in_uncond,
                 )
-                noise_sum[:, :, frames] += noise * window_weights[index]
-                weight_sum[:, :, frames] += window_weights[index]
+                noise_sum.index_add_(2, frames, noise * window_weights[index])
                 report(_progress("denoise", step + 1, len(timesteps), index + 1, len(windows), 0, total))
             latents = self.scheduler.step(noise_sum / weight_sum, timestep, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:

@@ -30,10 +30,10 @@ def generate(pipe, reference, poses, **kwargs):
 
 def test_windows_cover_every_frame_without_wrapping():
     windows = context_windows(50, 24, 4)
-    assert [(w.start, w.stop) for w in windows] == [(0, 24), (20, 44), (26, 50)]
+    assert [(w.frames[0], w.frames[-1]) for w in windows] == [(0, 23), (20, 43), (26, 49)]
     covered = sorted({f for w in windows for f in w.frames})
     assert covered == list(range(50))  # every frame, and nothing past the end (no wrap onto the start)
-    assert all(0 <= w.start < w.stop <= 50 and len(w) == 24 for w in windows)
+    assert all(list(w.frames) == list(range(w.frames[0], w.frames[0] + 24)) for w in windows)
 
 
 def test_window_weights_taper_at_shared_edges_and_are_never_zero():
@@ -49,10 +49,23 @@ def test_window_weights_taper_at_shared_edges_and_are_never_zero():
 
 
 def test_a_short_video_is_one_window_of_uniform_weight():
-    (window,) = context_windows(10, 24, 4)
-    assert (window.start, window.stop) == (0, 10) and set(window.weights) == {1.0}
+    for schedule in ("tapered", "loop"):
+        (window,) = context_windows(10, 24, 4, schedule)
+        assert window.frames == tuple(range(10)) and set(window.weights) == {1.0}
     with pytest.raises(ValueError, match="less than context_frames"):
         context_windows(10, 8, 8)
+    with pytest.raises(ValueError, match="tapered, loop"):
+        context_windows(10, 8, 2, "uniform")
+
+
+def test_loop_windows_are_moores_closed_loop():
+    windows = context_windows(8, 4, 2, "loop")
+    assert [w.frames for w in windows] == [(0, 1, 2, 3), (2, 3, 4, 5), (4, 5, 6, 7), (6, 7, 0, 1)]
+    assert {w for window in windows for w in window.weights} == {1.0}  # plain mean per frame
+    torch.testing.assert_close(coverage(windows, 8), torch.full((8,), 2.0))
+    # Windows start every stride frames while the start is inside the video: 30 frames, 24/4.
+    assert [w.frames[0] for w in context_windows(30, 24, 4, "loop")] == [0, 20]
+    assert context_windows(30, 24, 4, "loop")[1].frames[-1] == 13
 
 
 # ----------------------------------------------------------------------------- generation
@@ -198,6 +211,43 @@ def test_long_video_in_overlapping_windows(tiny_pipe, reference_image, skeletons
     assert windows == [1, 2, 3]  # 0-7, 6-13, 12-19
 
 
+@pytest.mark.parametrize("guidance_scale", [3.5, 1.0])
+def test_loop_schedule_is_moores_wrapping_windows_with_a_plain_mean(
+    tiny_pipe, reference_image, skeletons, guidance_scale
+):
+    """8 frames, windows of 4, overlap 2: [0-3] [2-5] [4-7] [6 7 0 1], each frame the mean of two."""
+    from animate_backend.pipeline import draw_skeletons
+
+    pipe, poses = tiny_pipe, skeletons(8)
+    latents = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(5))
+    looped = generate(pipe, reference_image, poses, latents=latents, context_frames=4, context_overlap=2,
+                      context_schedule="loop", guidance_scale=guidance_scale, output_type="latent").frames
+
+    # The same sampling written out by hand.
+    windows = [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 0, 1]]
+    pixels, clip_image = pipe.prepare_reference(reference_image, 64, 64)
+    clip = pipe.encode_clip(clip_image, torch.device("cpu"))
+    pipe.write_reference(pipe.encode_reference_latents(pixels, torch.device("cpu")), clip)
+    drawn = draw_skeletons(poses, 64, 64)
+    pipe.scheduler.set_timesteps(STEPS)
+    x = latents * pipe.scheduler.init_noise_sigma
+    try:
+        for t in pipe.scheduler.timesteps:
+            predictions = [[] for _ in range(8)]
+            for window in windows:
+                noise = pipe.predict_noise(x[:, :, window], t, drawn[window], clip, guidance_scale=guidance_scale)
+                for position, frame in enumerate(window):
+                    predictions[frame].append(noise[:, :, position])
+            mean = torch.stack([sum(p) / len(p) for p in predictions], dim=2)
+            x = pipe.scheduler.step(mean, t, x).prev_sample
+    finally:
+        pipe.reference_bank.clear()
+    torch.testing.assert_close(looped, x, rtol=1e-4, atol=1e-5)
+    tapered = generate(pipe, reference_image, poses, latents=latents, context_frames=4, context_overlap=2,
+                       guidance_scale=guidance_scale, output_type="latent").frames
+    assert not torch.allclose(tapered, looped, atol=1e-3)  # the default schedule is another one
+
+
 def test_decoded_frames_are_not_kept_while_streaming(tiny_pipe, reference_image, skeletons):
     """With output_type=None at most one decoded chunk is alive at any time, whatever the length."""
     alive: list[weakref.ref] = []
@@ -309,6 +359,7 @@ def test_pose_sequences_are_drawn_at_the_output_size(tiny_pipe, reference_image)
         ({"context_frames": 40}, "between 1 and 32"),
         ({"context_overlap": 24}, "less than context_frames"),
         ({"output_type": "gif"}, "output_type"),
+        ({"context_schedule": "uniform"}, "context_schedule must be one of tapered, loop"),
         ({"latents": torch.zeros(1, 4, 2, 8, 8)}, "latents must have shape"),
     ],
 )
