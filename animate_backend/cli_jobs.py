@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from pose_bridge.job import DEVICES, PRECISIONS
+from pose_bridge.job import CONTEXT_SCHEDULES, DEVICES, PRECISIONS
 
 
 class ProgressBars:
@@ -90,7 +90,7 @@ def _generate(args: argparse.Namespace) -> int:
             args.model, args.reference, args.poses, args.out,
             width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
             seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
-            fps=args.fps, device=args.device, precision=args.precision,
+            context_schedule=args.context_schedule, fps=args.fps, device=args.device, precision=args.precision,
             draw_hands=not args.no_hands, draw_face=not args.no_face, on_event=bars,
         )
     finally:
@@ -128,6 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--context-frames", type=int, default=24, help="frames per window (default 24)")
     p.add_argument("--context-overlap", type=int, default=4, help="frames shared by neighbouring windows (default 4)")
+    p.add_argument("--context-schedule", choices=CONTEXT_SCHEDULES, default="tapered",
+                   help="windows for long videos: tapered (default: no wrap, cross-faded) or loop "
+                        "(Moore-AnimateAnyone's: the last window wraps onto the first frames)")
     p.add_argument("--fps", type=float, help="video frame rate (default: the poses' own, else 24)")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")

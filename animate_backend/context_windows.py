@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-CONTEXT_SCHEDULES = ("tapered", "loop")
+from pose_bridge.job import CONTEXT_SCHEDULES
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from animate_backend.events import EventCallback, ProgressTracker
 from animate_backend.job_runner import (
     OOM_ADVICE, UNTRAINED_NOTE, PipelineCache, decode_chunk, denoise, is_out_of_memory, prepare_poses,
 )
+from pose_bridge.job import CONTEXT_SCHEDULES
 from pose_bridge.keypoints import PoseSequence
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def generate(
     seed: int = 0,
     context_frames: int = 24,
     context_overlap: int = 4,
+    context_schedule: str = "tapered",
     fps: float | None = None,
     device: str = "auto",
     precision: str = "auto",
@@ -160,6 +162,8 @@ def generate(
             f"context overlap must be between 0 and the window length minus one, got window "
             f"{context_frames} and overlap {context_overlap}"
         )
+    if context_schedule not in CONTEXT_SCHEDULES:
+        raise InputError(f"context schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {context_schedule!r}")
     reference_path = Path(reference)
     if not reference_path.is_file():
         raise InputError(f"reference image {reference_path} does not exist")
@@ -182,7 +186,7 @@ def generate(
             loaded.pipe, reference_rgb, pose_input,
             width=width, height=height, num_frames=num_frames, steps=steps, guidance_scale=guidance_scale,
             seed=seed, context_frames=context_frames, context_overlap=context_overlap,
-            draw_hands=draw_hands, draw_face=draw_face, tracker=tracker,
+            context_schedule=context_schedule, draw_hands=draw_hands, draw_face=draw_face, tracker=tracker,
         )
         tracker.restart_clock("decoding")
 

@@ -63,7 +63,7 @@ REFERENCE_POSE_FILE = "reference_pose.json"
 # provenance) can change between runs without making finished frames stale.
 FINGERPRINT_SETTINGS = (
     "model", "width", "height", "frame_start", "frame_end", "steps", "guidance_scale", "seed",
-    "context_frames", "context_overlap", "scheduler", "retarget", "draw_hands", "draw_face",
+    "context_frames", "context_overlap", "context_schedule", "scheduler", "retarget", "draw_hands", "draw_face",
 )
 # Frames decoded per VAE call: memory stays flat however long the video is.
 DECODE_CHUNK = 8
@@ -394,6 +394,7 @@ def denoise(
     seed: int,
     context_frames: int,
     context_overlap: int,
+    context_schedule: str = "tapered",
     draw_hands: bool = True,
     draw_face: bool = True,
     tracker: ProgressTracker,
@@ -420,6 +421,7 @@ def denoise(
         generator=generator,
         context_frames=window,
         context_overlap=overlap,
+        context_schedule=context_schedule,
         output_type="latent",
         on_progress=tracker.on_pipeline_progress,
         should_cancel=should_cancel,
@@ -636,7 +638,7 @@ def _generate_missing(
             width=width, height=height, num_frames=num_frames, steps=settings.steps,
             guidance_scale=settings.guidance_scale, seed=settings.seed,
             context_frames=settings.context_frames, context_overlap=settings.context_overlap,
-            draw_hands=settings.draw_hands, draw_face=settings.draw_face,
+            context_schedule=settings.context_schedule, draw_hands=settings.draw_hands, draw_face=settings.draw_face,
             tracker=tracker, should_cancel=should_cancel,
         )
         save_latents(paths.latents, latents, fingerprint)

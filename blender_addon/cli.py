@@ -135,6 +135,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--context-frames", type=int, default=24, help="frames per window (default 24)")
     gen.add_argument("--context-overlap", type=int, default=4, help="frames shared by windows (default 4)")
+    gen.add_argument("--context-schedule", default="tapered", choices=("tapered", "loop"),
+                     help="windows for long shots: tapered (default) or loop (Moore-AnimateAnyone's, wrapping)")
     gen.add_argument("--scheduler", default="ddim", choices=("ddim", "dpmsolver++", "euler", "lcm"))
     gen.add_argument("--retarget", default="none", choices=("none", "chain", "global"))
     gen.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
@@ -254,7 +256,7 @@ def options_from_args(args: argparse.Namespace, scene=None, given: set[str] | No
         options.engine = args.engine
     for dest, field_name in (
         ("steps", "steps"), ("guidance", "guidance"), ("seed", "seed"), ("context_frames", "context_frames"),
-        ("context_overlap", "context_overlap"), ("scheduler", "scheduler"), ("retarget", "retarget"),
+        ("context_overlap", "context_overlap"), ("context_schedule", "context_schedule"), ("scheduler", "scheduler"), ("retarget", "retarget"),
         ("device", "device"), ("precision", "precision"),
     ):
         if take(dest):

@@ -83,6 +83,7 @@ class ExportOptions:
     seed: int = 0
     context_frames: int = 24
     context_overlap: int = 4
+    context_schedule: str = "tapered"
     scheduler: str = "ddim"
     retarget: str = "none"
     device: str = "auto"
@@ -199,6 +200,7 @@ def _job_settings(scene, options: ExportOptions, resolved: _Resolved, provenance
         seed=int(options.seed),
         context_frames=int(options.context_frames),
         context_overlap=int(options.context_overlap),
+        context_schedule=options.context_schedule,
         scheduler=options.scheduler,
         retarget=options.retarget,
         draw_hands=bool(options.hands),

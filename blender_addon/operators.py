@@ -102,6 +102,7 @@ def export_options(scene, prefs=None, for_frame: int | None = None):
         seed=settings.seed,
         context_frames=settings.context_frames,
         context_overlap=settings.context_overlap,
+        context_schedule=settings.context_schedule,
         scheduler=settings.scheduler,
         retarget=settings.retarget,
         device=prefs.device if prefs is not None else "auto",

@@ -218,6 +218,7 @@ class ANIMATE_PT_generation(AnimatePanel, Panel):
         col = layout.column(align=True)
         col.prop(settings, "context_frames")
         col.prop(settings, "context_overlap")
+        col.prop(settings, "context_schedule")
         layout.prop(settings, "scheduler")
         layout.prop(settings, "retarget")
 

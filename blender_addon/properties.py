@@ -71,6 +71,12 @@ SCHEDULERS = (
     ("lcm", "LCM", "Only for LCM-distilled weights"),
 )
 
+CONTEXT_SCHEDULES = (
+    ("tapered", "Tapered", "Windows never wrap around; overlaps cross-fade (smoothest joins)"),
+    ("loop", "Loop (Moore)", "Moore-AnimateAnyone's windows: the last wraps onto the first frames; plain mean. "
+     "For reproducing published results"),
+)
+
 
 def keypoint_label(group: str, keypoint: str) -> str:
     """A keypoint as people read it: 'left_hand.index_2' -> 'L Index 2'."""
@@ -185,6 +191,9 @@ class ANIMATE_PG_scene_settings(PropertyGroup):
     )
     context_overlap: IntProperty(
         name="Overlap", default=4, min=0, max=63, description="Frames shared by neighbouring windows, for smooth joins"
+    )
+    context_schedule: EnumProperty(
+        name="Windows", items=CONTEXT_SCHEDULES, default="tapered", description="How long shots are split into windows"
     )
     retarget: EnumProperty(name="Retarget", items=RETARGET_MODES, default="none")
     scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default="ddim")

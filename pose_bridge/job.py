@@ -33,6 +33,9 @@ JOB_FORMAT_VERSION = 1
 RETARGET_MODES = ("none", "chain", "global")
 OUTPUT_KINDS = ("frames", "video")
 SCHEDULERS = ("ddim", "dpmsolver++", "euler", "lcm")
+# How long videos are split into windows: "tapered" (ours, no wrap, cross-faded overlaps) or
+# "loop" (Moore-AnimateAnyone's released windows, wrapping onto the first frames).
+CONTEXT_SCHEDULES = ("tapered", "loop")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -57,6 +60,7 @@ class JobSettings:
     seed: int = 0
     context_frames: int = 24
     context_overlap: int = 4
+    context_schedule: str = "tapered"
     scheduler: str = "ddim"
     retarget: str = "none"
     draw_hands: bool = True
@@ -101,6 +105,7 @@ class JobSettings:
             )
         for name, value, allowed in (
             ("scheduler", self.scheduler, SCHEDULERS),
+            ("context schedule", self.context_schedule, CONTEXT_SCHEDULES),
             ("retarget", self.retarget, RETARGET_MODES),
             ("device", self.device, DEVICES),
             ("precision", self.precision, PRECISIONS),

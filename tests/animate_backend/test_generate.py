@@ -138,7 +138,7 @@ def test_generate_command_line(tmp_path, reference):
     proc = subprocess.run(
         [sys.executable, "-m", "animate_backend", "generate", "--model", "tiny", "--reference", str(reference),
          "--poses", str(poses), "--out", str(out), "--steps", "2", "--context-frames", "8",
-         "--context-overlap", "2", "--device", "cpu"],
+         "--context-overlap", "2", "--context-schedule", "loop", "--device", "cpu"],
         capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr

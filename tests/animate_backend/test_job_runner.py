@@ -192,6 +192,18 @@ def test_changed_settings_make_old_frames_stale(tmp_path, pipelines):
     assert any(not np.array_equal(read_image(paths.frame(i)), old[i]) for i in range(2))
 
 
+def test_the_loop_schedule_is_a_job_setting_that_changes_the_frames(tmp_path, pipelines):
+    # 6 frames in windows of 4 (overlap 2): the schedules differ, so loop frames are not tapered ones.
+    paths = make_job(tmp_path / "job", frames=6, poses=walking(6), context_frames=4, context_overlap=2)
+    tapered = run_job(paths.root, pipelines=pipelines)
+    settings = json.loads(paths.settings.read_text())
+    assert settings["context_schedule"] == "tapered"
+    settings["context_schedule"] = "loop"
+    paths.settings.write_text(json.dumps(settings))
+    looped = run_job(paths.root, pipelines=pipelines)
+    assert looped["fingerprint"] != tapered["fingerprint"] and looped["frames_generated"] == 6
+
+
 def test_a_failed_run_with_other_settings_leaves_the_finished_frames_alone(tmp_path, pipelines):
     paths = make_job(tmp_path / "job", frames=2)
     run_job(paths.root, pipelines=pipelines)

@@ -32,7 +32,7 @@ def options(**changes) -> ExportOptions:
 def test_export_writes_a_complete_job_folder(scene, tmp_path):
     job_dir = tmp_path / "shots" / "sh010"
     calls = []
-    paths = export_job(scene, options(guidance=2.0, context_frames=8, context_overlap=2), job_dir,
+    paths = export_job(scene, options(guidance=2.0, context_frames=8, context_overlap=2, context_schedule="loop"), job_dir,
                        progress=lambda done, total: calls.append((done, total)))
 
     assert paths.root == job_dir.resolve()
@@ -46,6 +46,7 @@ def test_export_writes_a_complete_job_folder(scene, tmp_path):
     s = job.settings
     assert (s.width, s.height, s.frame_start, s.frame_end, s.fps) == (64, 96, 1, 3, 12.0)
     assert (s.model, s.steps, s.seed, s.guidance_scale, s.context_frames, s.context_overlap) == ("tiny", 2, 7, 2.0, 8, 2)
+    assert s.context_schedule == "loop"
     prov = s.provenance
     assert prov["scene"] == scene.name and prov["armature"] == demo_scene.ARMATURE
     assert prov["camera"] == scene.camera.name and prov["preset"] == "rigify_meta"
@@ -242,9 +243,11 @@ def test_options_reach_the_poses(scene, tmp_path):
 
 def test_bad_generation_settings_fail_before_any_work(scene, tmp_path):
     with pytest.raises(AddonError) as error:
-        export_job(scene, options(steps=0, context_frames=4, context_overlap=4, scheduler="magic"), tmp_path / "job")
+        export_job(scene, options(steps=0, context_frames=4, context_overlap=4, scheduler="magic",
+                                  context_schedule="uniform"), tmp_path / "job")
     message = str(error.value)
     assert "steps must be at least 1" in message and "context overlap" in message and "scheduler" in message
+    assert "context schedule must be one of tapered, loop" in message
     with pytest.raises(AddonError, match="unknown reference mode 'photo'"):
         export_job(scene, options(reference="photo"), tmp_path / "job")
     assert not list(tmp_path.iterdir())
