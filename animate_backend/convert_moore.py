@@ -1,4 +1,6 @@
-"""Convert Moore-AnimateAnyone's released weights into our pipeline folder (REFERENCE.md section 4).
+"""Convert Moore-AnimateAnyone's released weights into our pipeline folder.
+
+The release's files and key names are described in docs/model.md, "Checkpoints and conversion".
 
 Inputs: the four pickled state dicts (`denoising_unet.pth`, `reference_unet.pth`,
 `pose_guider.pth`, `motion_module.pth`), an SD 1.5 `unet` folder (only its config.json is

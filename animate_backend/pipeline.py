@@ -82,7 +82,7 @@ def make_clip_image_processor(**kwargs):
 
 
 def default_scheduler(beta_schedule: str = "linear") -> DDIMScheduler:
-    """DDIM as Moore-AnimateAnyone's released inference config sets it (REFERENCE.md section 2).
+    """DDIM as Moore-AnimateAnyone's released inference config sets it (docs/model.md, "Sampling").
 
     `beta_schedule` is a setting: the inference config says "linear", its training scripts
     (and MusePose's inference) "scaled_linear".

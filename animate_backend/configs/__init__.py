@@ -12,7 +12,7 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).parent
 SIZES = ("tiny", "sd15")
 
-# Motion modules of the released weights (REFERENCE.md section 1): AnimateDiff-v2 style,
+# Motion modules of the released weights (docs/model.md, "Motion modules"): AnimateDiff-v2 style,
 # one transformer layer, 8 heads, positional encoding of 32 frames, a mid-block module.
 RELEASED_MOTION = {
     "motion_num_attention_heads": 8,

@@ -1,6 +1,6 @@
 """The Pose Guider: a small conv net that turns a skeleton image into UNet features.
 
-Layer spec of the released Moore-AnimateAnyone weights (REFERENCE.md section 1): 3x3
+Layer spec of the released Moore-AnimateAnyone weights (docs/model.md, "Parts"): 3x3
 convolutions with padding 1 and SiLU after each but the last,
 
     conv_in  3 -> 16
