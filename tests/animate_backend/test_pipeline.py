@@ -92,7 +92,7 @@ def test_shapes_through_every_component(tiny_pipe, reference_image, skeletons):
         assert drawn.shape == (5, 64, 48, 3) and drawn.dtype == np.uint8
         assert pipe.pose_features(drawn, cpu).shape == (1, 32, 5, 8, 6)
         latents = torch.randn(1, 4, 5, 8, 6)
-        noise = pipe.predict_noise(latents, torch.tensor(500), drawn, clip, guidance_scale=3.5)
+        noise = pipe.predict_noise(latents, torch.tensor(500), pipe.pose_features(drawn, cpu), clip, guidance_scale=3.5)
         assert noise.shape == (1, 4, 5, 8, 6) and noise.dtype == torch.float32
     finally:
         pipe.reference_bank.clear()
@@ -173,15 +173,16 @@ def test_one_window_equals_plain_sampling_over_all_frames(tiny_pipe, reference_i
     pipe.scheduler.set_timesteps(STEPS)
     x = latents * pipe.scheduler.init_noise_sigma
     for t in pipe.scheduler.timesteps:
-        noise = pipe.predict_noise(x, t, drawn, clip, guidance_scale=3.5)
+        noise = pipe.predict_noise(x, t, pipe.pose_features(drawn, torch.device("cpu")), clip, guidance_scale=3.5)
         x = pipe.scheduler.step(noise, t, x).prev_sample
     pipe.reference_bank.clear()
     torch.testing.assert_close(windowed, x)
 
 
 def test_reference_net_and_reference_projections_run_once_per_call(tiny_pipe, reference_image, skeletons):
-    """Two steps x three windows, yet one ReferenceNet pass and one K/V projection of the reference."""
-    reference_passes, reference_projections, own_projections = [], [], []
+    """Two steps x three windows, yet one ReferenceNet pass, one K/V projection of the reference,
+    and one Pose Guider pass per frame."""
+    reference_passes, reference_projections, own_projections, posed_frames = [], [], [], []
     layer = tiny_pipe.denoising_unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
 
     def count_projection(module, inputs, output):
@@ -191,6 +192,7 @@ def test_reference_net_and_reference_projections_run_once_per_call(tiny_pipe, re
     hooks = [
         tiny_pipe.reference_unet.register_forward_hook(lambda *args: reference_passes.append(1)),
         layer.to_k.register_forward_hook(count_projection),
+        tiny_pipe.pose_guider.register_forward_hook(lambda module, inputs, output: posed_frames.append(len(inputs[0]))),
     ]
     try:
         generate(tiny_pipe, reference_image, skeletons(20), context_frames=8, context_overlap=2, output_type="latent")
@@ -200,6 +202,7 @@ def test_reference_net_and_reference_projections_run_once_per_call(tiny_pipe, re
     assert len(reference_passes) == 1
     assert len(reference_projections) == 1
     assert len(own_projections) == 2 * 3
+    assert sum(posed_frames) == 20 and max(posed_frames) <= 8  # each frame once, a window's worth at a time
 
 
 def test_long_video_in_overlapping_windows(tiny_pipe, reference_image, skeletons):
@@ -235,7 +238,8 @@ def test_loop_schedule_is_moores_wrapping_windows_with_a_plain_mean(
         for t in pipe.scheduler.timesteps:
             predictions = [[] for _ in range(8)]
             for window in windows:
-                noise = pipe.predict_noise(x[:, :, window], t, drawn[window], clip, guidance_scale=guidance_scale)
+                poses_of_window = pipe.pose_features(drawn[window], torch.device("cpu"))
+                noise = pipe.predict_noise(x[:, :, window], t, poses_of_window, clip, guidance_scale=guidance_scale)
                 for position, frame in enumerate(window):
                     predictions[frame].append(noise[:, :, position])
             mean = torch.stack([sum(p) / len(p) for p in predictions], dim=2)
