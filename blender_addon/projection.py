@@ -31,11 +31,12 @@ and uses scene.ray_cast on the evaluated scene. Two kinds of point:
   with the joint's own bones. A face moves with the bones that deform its vertices
   (vertex-group weights of the Armature modifier, at least FACE_WEIGHT of a vertex) and
   with the bone a mesh is parented to. A joint's own bones are the bones its keypoint is
-  read from, their parents (the bone on the other side of a joint at a bone's head), the
-  bones passing within the tolerance of the joint in the rest pose (twist bones, the
-  other bone of a joint at a bone's tail), and the bones lying exactly on any of those
-  (Rigify's DEF-/ORG-/MCH- copies of one bone). This works for one closed skin, for
-  characters of separate pieces that overlap at the joints, and for open meshes.
+  read from, the bones passing within the tolerance of the joint in the rest pose (twist
+  bones, the other bone of a joint at a bone's tail), their parents (the bone on the other
+  side of a joint at a bone's head; only the parent's part around the joint: the pelvis
+  holds both hips), and the bones lying exactly on any of those (Rigify's DEF-/ORG-/MCH-
+  copies of one bone); see own_bones. This works for one closed skin, for characters of
+  separate pieces that overlap at the joints, and for open meshes.
 - Surface points (face points from vertex groups, and nose, eyes and ears from head-bone
   offsets) are hidden by any of the character's surfaces in front of them farther than
   their tolerance, so an ear on the far side of the head is dropped.
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -499,29 +501,41 @@ def _segment_distance(point: np.ndarray, head: np.ndarray, tail: np.ndarray) -> 
     return float(np.linalg.norm(point - (head + t * axis)))
 
 
-def own_bones(armature: bpy.types.Object, source: Any, radius: float) -> frozenset[str]:
+def own_bones(armature: bpy.types.Object, source: Any, radius: float) -> dict[str, float]:
     """The bones a joint's keypoint moves with, for occlusion (see the module docstring).
 
+    Returns {bone: reach}: a surface moving with the bone counts as the joint's own within
+    `reach` of the joint. The bones meeting at the joint reach any distance. A parent
+    reaches as far as its own bone lies from the joint (plus radius): the pelvis holds
+    both hips, but only its part around a hip is that hip's flesh, so the far hip seen
+    from the side stays hidden behind the pelvis.
     radius: armature-space distance within which rest-pose bones count as meeting at the joint.
     """
     bones = armature.data.bones
     rest = _rest_frames(armature)
     point = bone_presets.evaluate_source(source, rest)
-    own = {name for name in source_bones(source) if name in bones}
-    own |= {bones[name].parent.name for name in list(own) if bones[name].parent is not None}
+    sources = [name for name in source_bones(source) if name in bones]
+    reach: dict[str, float] = {name: math.inf for name in sources}
     if point is not None:
-        own |= {name for name, frame in rest.items() if _segment_distance(point, frame.head, frame.tail) <= radius}
+        for name, frame in rest.items():
+            if _segment_distance(point, frame.head, frame.tail) <= radius:
+                reach[name] = math.inf
+        for name in sources:
+            parent = bones[name].parent
+            if parent is not None and parent.name not in reach:
+                frame = rest[parent.name]
+                reach[parent.name] = _segment_distance(point, frame.head, frame.tail) + radius
     # Copies of the same bone (Rigify's DEF-/ORG-/MCH- bones) move together.
     same = radius * 0.05
     for name, frame in rest.items():
-        if name in own:
+        if name in reach:
             continue
-        for other in list(own):
+        for other, other_reach in list(reach.items()):
             o = rest[other]
             if np.linalg.norm(frame.head - o.head) <= same and np.linalg.norm(frame.tail - o.tail) <= same:
-                own.add(name)
+                reach[name] = other_reach
                 break
-    return frozenset(own)
+    return reach
 
 
 def _bone_parent(obj: bpy.types.Object, armature: bpy.types.Object) -> str:
@@ -621,7 +635,7 @@ class Projector:
                 if groups is not None:
                     self.faces.append(groups)
         self.face_bones = _FaceBones(armature, meshes) if occlusion else None
-        self.own: dict[tuple[str, str], frozenset[str]] = {}  # (group, keypoint) -> own bones, for occlusion
+        self.own: dict[tuple[str, str], dict[str, float]] = {}  # (group, keypoint) -> own bones' reach
         if occlusion:
             rest = _rest_frames(armature)
             ends = [f.head for f in rest.values()] + [f.tail for f in rest.values()]
@@ -656,7 +670,7 @@ class Projector:
             if source is not None:
                 kind = "head" if name in HEAD_POINTS else "joint"
                 point = bone_presets.evaluate_source(source, bones)
-                pose.body[index] = view.pixel(point, kind, self.own.get(("body", name), frozenset()))
+                pose.body[index] = view.pixel(point, kind, self.own.get(("body", name), {}))
         if self.neck == "shoulders":
             set_neck_from_shoulders(pose.body)
         if self.hands:
@@ -666,7 +680,7 @@ class Projector:
                     source = sources.get(name)
                     if source is not None:
                         point = bone_presets.evaluate_source(source, bones)
-                        points[index] = view.pixel(point, "joint", self.own.get((group, name), frozenset()))
+                        points[index] = view.pixel(point, "joint", self.own.get((group, name), {}))
         for face in self.faces:
             for landmark, point in _face_points_world(face, depsgraph).items():
                 if pose.face[landmark, 2] == 0:
@@ -685,8 +699,8 @@ class _CameraView:
         self.backwards = matrix.col[2].xyz.normalized()
         self.orthographic = camera_eval.data.type == "ORTHO"
 
-    def pixel(self, point: np.ndarray | None, kind: str, own: frozenset[str] = frozenset()) -> np.ndarray:
-        """kind: "joint" (inside a limb; own: its bones), "head" or "face" (on the surface)."""
+    def pixel(self, point: np.ndarray | None, kind: str, own: dict[str, float] | None = None) -> np.ndarray:
+        """kind: "joint" (inside a limb; own: its bones' reach, see own_bones), "head" or "face" (on the surface)."""
         missing = np.zeros(3, dtype=np.float32)
         if point is None:
             return missing
@@ -699,7 +713,7 @@ class _CameraView:
         if not (0.0 <= x <= self.projector.width and 0.0 <= y <= self.projector.height):
             return missing
         if self.projector.occlusion:
-            hidden = self._joint_hidden(world, ndc.z, own) if kind == "joint" else self._surface_hidden(world, ndc.z, kind)
+            hidden = self._joint_hidden(world, ndc.z, own or {}) if kind == "joint" else self._surface_hidden(world, ndc.z, kind)
             if hidden:
                 return missing
         return np.array([x, y, 1.0], dtype=np.float32)
@@ -714,7 +728,7 @@ class _CameraView:
     def _step(self) -> float:
         return max((self.projector.size or 1.0) * 1e-4, 1e-6)
 
-    def _joint_hidden(self, point: Vector, depth: float, own: frozenset[str]) -> bool:
+    def _joint_hidden(self, point: Vector, depth: float, own: dict[str, float]) -> bool:
         """From the camera to the joint: is the first surface met someone else's?"""
         towards, distance = self._towards_camera(point, depth)
         origin, direction = point + towards * distance, -towards
@@ -730,8 +744,10 @@ class _CameraView:
             if not hit:
                 return False
             if obj is not None and (obj.original or obj).name in self.projector.own_meshes:
-                # The first of the character's surfaces: the joint's own limb, or something in front of it.
-                return not (self.projector.face_bones(obj.evaluated_get(self.depsgraph), index) & own)
+                # The first of the character's surfaces: the joint's own flesh, or something in front of it.
+                away = distance - (location - origin).length
+                bones = self.projector.face_bones(obj.evaluated_get(self.depsgraph), index)
+                return not any(away <= own.get(bone, -1.0) for bone in bones)
             travelled = (location - origin).length + self._step()
         return False
 
