@@ -32,11 +32,13 @@ and uses scene.ray_cast on the evaluated scene. Two kinds of point:
   (vertex-group weights of the Armature modifier, at least FACE_WEIGHT of a vertex) and
   with the bone a mesh is parented to. A joint's own bones are the bones its keypoint is
   read from, the bones passing within the tolerance of the joint in the rest pose (twist
-  bones, the other bone of a joint at a bone's tail), their parents (the bone on the other
-  side of a joint at a bone's head; only the parent's part around the joint: the pelvis
-  holds both hips), and the bones lying exactly on any of those (Rigify's DEF-/ORG-/MCH-
-  copies of one bone); see own_bones. This works for one closed skin, for characters of
-  separate pieces that overlap at the joints, and for open meshes.
+  bones, the other bone of a joint at a bone's tail), the parents of the bones it is read
+  from (the bone on the other side of a joint at a bone's head; only the parent's part
+  around the joint: the pelvis holds both hips), and the bones lying exactly on any of
+  those (Rigify's DEF-/ORG-/MCH- copies of one bone); see own_bones. This works for one
+  closed skin, for characters of separate pieces that overlap at the joints, and for
+  open meshes. A mesh with neither weights nor a bone parent moves with no bone: it
+  hides every joint behind it.
 - Surface points (face points from vertex groups, and nose, eyes and ears from head-bone
   offsets) are hidden by any of the character's surfaces in front of them farther than
   their tolerance, so an ear on the far side of the head is dropped.
