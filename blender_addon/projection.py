@@ -123,7 +123,10 @@ class KeypointMapping:
 
         With neck="shoulders" the neck needs no source of its own (it is made from the shoulders).
         """
-        missing = [name for name in BODY_NAMES if name not in self.body and not (name == "neck" and neck == "shoulders")]
+        missing = [
+            name for name in BODY_NAMES
+            if name not in self.body and not (name == "neck" and neck == "shoulders")
+        ]
         if hands:
             for group in HAND_GROUPS:
                 missing += [f"{group}.{name}" for name in HAND_NAMES if name not in self.group(group)]
@@ -715,7 +718,10 @@ class _CameraView:
         if not (0.0 <= x <= self.projector.width and 0.0 <= y <= self.projector.height):
             return missing
         if self.projector.occlusion:
-            hidden = self._joint_hidden(world, ndc.z, own or {}) if kind == "joint" else self._surface_hidden(world, ndc.z, kind)
+            if kind == "joint":
+                hidden = self._joint_hidden(world, ndc.z, own or {})
+            else:
+                hidden = self._surface_hidden(world, ndc.z, kind)
             if hidden:
                 return missing
         return np.array([x, y, 1.0], dtype=np.float32)

@@ -27,8 +27,10 @@ channel_order="rgb" feeds RGB instead (DWPose's own ControlNet demo), and
 detect_resolution=None detects at the image's own size.
 
 COCO-WholeBody 133 points -> our layout: body from the 17 COCO points reordered to
-OpenPose's 18 with the neck made by keypoints.neck_from_shoulders (the mean of the shoulders,
-present only when both are; the same rule poses from a rig use, docs/skeleton.md), feet (17-22) dropped, face 23-90 (68 points), left hand 91-111, right hand 112-132.
+OpenPose's 18 with the neck made by keypoints.neck_from_shoulders (the mean of the
+shoulders, present only when both are; the same rule poses from a rig use, see
+docs/skeleton.md), feet (17-22) dropped, face 23-90 (68 points), left hand 91-111, right
+hand 112-132.
 """
 
 from __future__ import annotations

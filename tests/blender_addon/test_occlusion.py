@@ -203,7 +203,8 @@ def pose_rig(rig) -> list[int]:
                 pose_bone = rig.pose.bones[name]
                 current = pose_bone.matrix.copy()
                 turn = (pose_bone.tail - pose_bone.head).rotation_difference(Vector(directions[name]))
-                pose_bone.matrix = Matrix.Translation(current.translation) @ (turn.to_matrix() @ current.to_3x3()).to_4x4()
+                turned = turn.to_matrix() @ current.to_3x3()
+                pose_bone.matrix = Matrix.Translation(current.translation) @ turned.to_4x4()
                 bpy.context.view_layer.update()
         for pose_bone in rig.pose.bones:
             pose_bone.keyframe_insert("rotation_quaternion", frame=frame)
