@@ -210,7 +210,7 @@ def _rigify(prefixes: tuple[str, ...], face_prefixes: tuple[str, ...]) -> tuple[
         body[f"{side}_knee"] = point(f"shin.{s}")
         body[f"{side}_ankle"] = point(f"foot.{s}")
         body[f"{side}_eye"] = point(f"eye.{s}", among=face_prefixes) + offset(f"{side}_eye")
-        # ear.L/.R start where the ear meets the head, level with the eyes.
+        # ear.L/.R start at the front of the ear, where it meets the head.
         body[f"{side}_ear"] = point(f"ear.{s}", among=face_prefixes) + offset(f"{side}_ear")
     body = {name: body[name] for name in BODY_NAMES}
 
