@@ -498,15 +498,17 @@ def _rest_frames(armature: bpy.types.Object) -> dict[str, bone_presets.BoneFrame
     return frames
 
 
-def _segment_distance(point: np.ndarray, head: np.ndarray, tail: np.ndarray) -> float:
-    """Distance from point to the segment head-tail."""
-    axis = tail - head
-    length2 = float(axis @ axis)
-    t = 0.0 if length2 <= 0.0 else min(1.0, max(0.0, float((point - head) @ axis) / length2))
-    return float(np.linalg.norm(point - (head + t * axis)))
+def _segment_distances(point: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """Distances from point to each segment heads[i]-tails[i]."""
+    axes = tails - heads
+    length2 = np.maximum((axes * axes).sum(axis=1), 1e-24)
+    t = np.clip(((point - heads) * axes).sum(axis=1) / length2, 0.0, 1.0)
+    return np.linalg.norm(point - (heads + t[:, None] * axes), axis=1)
 
 
-def own_bones(armature: bpy.types.Object, source: Any, radius: float) -> dict[str, float]:
+def own_bones(
+    armature: bpy.types.Object, source: Any, radius: float, rest: dict[str, bone_presets.BoneFrame] | None = None
+) -> dict[str, float]:
     """The bones a joint's keypoint moves with, for occlusion (see the module docstring).
 
     Returns {bone: reach}: a surface moving with the bone counts as the joint's own within
@@ -515,31 +517,32 @@ def own_bones(armature: bpy.types.Object, source: Any, radius: float) -> dict[st
     both hips, but only its part around a hip is that hip's flesh, so the far hip seen
     from the side stays hidden behind the pelvis.
     radius: armature-space distance within which rest-pose bones count as meeting at the joint.
+    rest: _rest_frames(armature), when the caller has it already.
     """
     bones = armature.data.bones
-    rest = _rest_frames(armature)
+    rest = rest if rest is not None else _rest_frames(armature)
+    names = list(rest)
+    heads = np.array([rest[name].head for name in names]).reshape(-1, 3)
+    tails = np.array([rest[name].tail for name in names]).reshape(-1, 3)
     point = bone_presets.evaluate_source(source, rest)
+    index = {name: i for i, name in enumerate(names)}
     sources = [name for name in source_bones(source) if name in bones]
     reach: dict[str, float] = {name: math.inf for name in sources}
     if point is not None:
-        for name, frame in rest.items():
-            if _segment_distance(point, frame.head, frame.tail) <= radius:
-                reach[name] = math.inf
+        distances = _segment_distances(point, heads, tails)
+        for i in np.nonzero(distances <= radius)[0]:
+            reach[names[i]] = math.inf
         for name in sources:
             parent = bones[name].parent
             if parent is not None and parent.name not in reach:
-                frame = rest[parent.name]
-                reach[parent.name] = _segment_distance(point, frame.head, frame.tail) + radius
+                reach[parent.name] = float(distances[index[parent.name]]) + radius
     # Copies of the same bone (Rigify's DEF-/ORG-/MCH- bones) move together.
     same = radius * 0.05
-    for name, frame in rest.items():
-        if name in reach:
-            continue
-        for other, other_reach in list(reach.items()):
-            o = rest[other]
-            if np.linalg.norm(frame.head - o.head) <= same and np.linalg.norm(frame.tail - o.tail) <= same:
-                reach[name] = other_reach
-                break
+    for name, bone_reach in list(reach.items()):
+        i = index[name]
+        copies = (np.linalg.norm(heads - heads[i], axis=1) <= same) & (np.linalg.norm(tails - tails[i], axis=1) <= same)
+        for j in np.nonzero(copies)[0]:
+            reach.setdefault(names[j], bone_reach)
     return reach
 
 
@@ -647,7 +650,7 @@ class Projector:
             rest_size = float(np.linalg.norm(np.ptp(np.array(ends), axis=0))) if ends else 1.0
             for group in ("body", *HAND_GROUPS):
                 for name, source in mapping.group(group).items():
-                    self.own[(group, name)] = own_bones(armature, source, JOINT_TOLERANCE * (rest_size or 1.0))
+                    self.own[(group, name)] = own_bones(armature, source, JOINT_TOLERANCE * (rest_size or 1.0), rest)
         self.size: float | None = None  # character size, measured on the first frame
 
     @property
