@@ -120,6 +120,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     scene.add_argument("--no-face", action="store_true", help="no face keypoints")
     scene.add_argument("--occlusion", action="store_true",
                        help="drop joints hidden behind the character's own meshes (ray casting)")
+    scene.add_argument("--neck", default="shoulders", choices=("shoulders", "bone"),
+                       help="neck point: the middle of the shoulders as DWPose draws it (default), or the rig's "
+                            "neck bone")
     ref = parser.add_argument_group("reference still")
     ref.add_argument("--image", default="", metavar="PATH", help="use this image as the reference instead of a render")
     ref.add_argument("--image-pose", default="", metavar="JSON",
@@ -208,7 +211,7 @@ def options_from_args(args: argparse.Namespace, scene=None, given: set[str] | No
 
     prefs = _preferences()
     model = args.model or (getattr(prefs, "model_dir", "") if prefs is not None else "")
-    if not model and not getattr(args, "scene_settings", False):
+    if not model and not getattr(args, "scene_settings", False) and not getattr(args, "export_only", False):
         raise AddonError(
             'no model given: pass --model DIR (an Animate Anyone pipeline folder), or --model tiny for the '
             'untrained test pipeline'
@@ -224,6 +227,10 @@ def options_from_args(args: argparse.Namespace, scene=None, given: set[str] | No
         chosen = set(vars(args))
     if model and ("model" in chosen or not getattr(args, "scene_settings", False)):
         options.model = model if model == "tiny" else str(Path(model).expanduser())
+    elif not model and getattr(args, "export_only", False) and not getattr(args, "scene_settings", False):
+        # Exporting needs no model, but job.json names one: say which, and how to change it.
+        log.warning('no --model given: job.json names the untrained test pipeline "tiny"; set its "model" '
+                    "to your pipeline folder (or export again with --model DIR) before running the job")
 
     def take(dest: str) -> bool:
         return dest in chosen and getattr(args, dest, None) not in (None, "", [])
@@ -246,6 +253,8 @@ def options_from_args(args: argparse.Namespace, scene=None, given: set[str] | No
         options.face = not args.no_face
     if "occlusion" in chosen:
         options.occlusion = args.occlusion
+    if "neck" in chosen:
+        options.neck = args.neck
     if take("image"):
         options.reference, options.image_path = "image", args.image
     if take("image_pose"):

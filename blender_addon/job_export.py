@@ -53,6 +53,7 @@ class ExportOptions:
         {"left_wrist": "hand.L", "right_hand.index_1": ("f_index.01.R", "tail"), "nose": None, ...}
         or the panel's {"body": {...}, "left_hand": {...}, "right_hand": {...}}.
     preset: "auto", "none" or a pose_bridge.bone_presets.PRESETS name.
+    neck: "shoulders" (the mean of the shoulders, DWPose's rule) or "bone" (the rig's neck bone).
     reference: "render" (a still of the scene at reference_frame with engine) or "image"
         (image_path; reference_pose_path optionally gives its skeleton for retargeting).
     engine: "SCENE", "WORKBENCH", "CYCLES" or "EEVEE".
@@ -70,6 +71,7 @@ class ExportOptions:
     hands: bool = True
     face: bool = True
     occlusion: bool = False
+    neck: str = "shoulders"
     reference: str = "render"
     reference_frame: int | None = None  # None = frame_start
     engine: str = "SCENE"
@@ -158,7 +160,7 @@ def _project(
     return projection.project_sequence(
         scene, resolved.armature, resolved.camera, start, end, resolved.width, resolved.height,
         overrides=options.mapping, preset=options.preset, hands=options.hands, face=options.face,
-        occlusion=options.occlusion, progress=progress,
+        occlusion=options.occlusion, neck=options.neck, progress=progress,
     )
 
 
@@ -308,7 +310,7 @@ class JobExport:
         self._projector = projection.make_projector(
             scene, resolved.armature, resolved.camera, resolved.frame_start, resolved.frame_end,
             resolved.width, resolved.height, overrides=options.mapping, preset=options.preset,
-            hands=options.hands, face=options.face, occlusion=options.occlusion,
+            hands=options.hands, face=options.face, occlusion=options.occlusion, neck=options.neck,
         )
         self._frames = list(range(resolved.frame_start, resolved.frame_end + 1))
         self._poses: list = []
@@ -421,6 +423,7 @@ class JobExport:
             "face_mesh": result.face_mesh,
             "size_note": resolved.size_note,
             "occlusion": bool(options.occlusion),
+            "neck": options.neck,
             "reference": (
                 {"mode": "render", "frame": self._reference_frame, "engine": options.engine.upper()}
                 if self.mode == "render" else {"mode": "image", "path": str(options.image_path)}

@@ -93,6 +93,7 @@ def export_options(scene, prefs=None, for_frame: int | None = None):
         hands=settings.draw_hands,
         face=settings.draw_face,
         occlusion=settings.occlusion,
+        neck=settings.neck,
         reference="image" if settings.reference_source == "IMAGE" else "render",
         reference_frame=settings.reference_frame,
         engine=settings.reference_engine,

@@ -179,6 +179,7 @@ class ANIMATE_PT_skeleton(AnimatePanel, Panel):
         row.prop(settings, "draw_hands", toggle=True)
         row.prop(settings, "draw_face", toggle=True)
         row.prop(settings, "occlusion", toggle=True)
+        layout.prop(settings, "neck")
 
 
 class ANIMATE_PT_reference(AnimatePanel, Panel):

@@ -15,24 +15,42 @@ Face points come from vertex groups, not bones. The convention:
     48-67 mouth). A point is the weight-averaged position of its group's vertices on
     the deformed mesh. One vertex at weight 1 pins a point to that vertex.
 
+The neck is drawn as DWPose builds it (docs/skeleton.md): the mean of the two projected
+shoulders, present only when both are (pose_bridge.keypoints.neck_from_shoulders), after
+occlusion. neck="bone" uses the rig's own neck bone instead (the mapping's "neck" row).
+
 A point is missing (confidence 0, coordinates 0) when it is behind the camera, outside
 the frame, not mapped, or, with occlusion on, hidden behind the character's own meshes.
 
-Occlusion casts rays (scene.ray_cast on the evaluated scene) from each point towards the
-camera and looks only at hits on the character's meshes (deformed by or parented to the
-armature). Joints lie inside limbs, so a hit alone proves nothing: a joint is hidden when
-the ray *enters* a mesh (hits a surface whose normal faces away from the camera) farther
-than a small tolerance from it; leaving its own limb is not a hiding. Points on or near
-the surface (face points, and nose, eyes and ears from head-bone offsets) are hidden by
-any hit beyond their tolerance, so an ear on the far side of the head is dropped.
-Tolerances scale with the character's size; closed meshes with outward normals (the
-usual case) are assumed.
+Occlusion looks only at the character's meshes (deformed by or parented to the armature)
+and uses scene.ray_cast on the evaluated scene. Two kinds of point:
+
+- Joints (shoulders, elbows, ... and finger joints) lie inside the limbs. A ray is cast
+  from the camera towards the joint; the joint is hidden only when the first surface it
+  meets, farther than a tolerance from the joint, belongs to geometry that does not move
+  with the joint's own bones. A face moves with the bones that deform its vertices
+  (vertex-group weights of the Armature modifier, at least FACE_WEIGHT of a vertex) and
+  with the bone a mesh is parented to. A joint's own bones are the bones its keypoint is
+  read from, the bones passing within the tolerance of the joint in the rest pose (twist
+  bones, the other bone of a joint at a bone's tail), the parents of the bones it is read
+  from (the bone on the other side of a joint at a bone's head; only the parent's part
+  around the joint: the pelvis holds both hips), and the bones lying exactly on any of
+  those (Rigify's DEF-/ORG-/MCH- copies of one bone); see own_bones. This works for one
+  closed skin, for characters of separate pieces that overlap at the joints, and for
+  open meshes. A mesh with neither weights nor a bone parent moves with no bone: it
+  hides every joint behind it.
+- Surface points (face points from vertex groups, and nose, eyes and ears from head-bone
+  offsets) are hidden by any of the character's surfaces in front of them farther than
+  their tolerance, so an ear on the far side of the head is dropped.
+
+Tolerances scale with the character's size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -43,7 +61,7 @@ from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
 from pose_bridge import bone_presets
-from pose_bridge.keypoints import BODY_NAMES, FACE_POINTS, HAND_NAMES, Pose, PoseSequence
+from pose_bridge.keypoints import BODY_NAMES, FACE_POINTS, HAND_NAMES, Pose, PoseSequence, set_neck_from_shoulders
 
 from .errors import AddonError
 
@@ -67,11 +85,16 @@ CUSTOM_PRESET = "custom"
 
 FACE_GROUP_PATTERN = re.compile(r"^face_(\d\d)$")
 
+NECK_RULES = ("shoulders", "bone")
+
 # Occlusion tolerances, as fractions of the character's size (the diagonal of its
 # bones' bounding box), so that they work at any scene scale.
-# A joint sits inside a limb: it is hidden only when the ray to the camera *enters*
-# one of the character's meshes (a surface facing away from the camera) beyond this.
-JOINT_TOLERANCE = 0.01
+# A joint sits inside a limb: a surface this close to it (its own skin, a touching
+# limb) does not hide it; also the radius within which rest-pose bones count as the
+# joint's own.
+JOINT_TOLERANCE = 0.02
+# A vertex moves with a bone when the bone has at least this share of its deform weights.
+FACE_WEIGHT = 0.1
 # Head points from bone offsets sit near, not on, the head's surface: any surface of
 # the character farther than this in front of them hides them (an ear on the far side).
 HEAD_TOLERANCE = 0.05
@@ -95,9 +118,15 @@ class KeypointMapping:
     def group(self, name: str) -> dict[str, Any]:
         return {"body": self.body, "left_hand": self.left_hand, "right_hand": self.right_hand}[name]
 
-    def unmapped(self, hands: bool = True) -> list[str]:
-        """Keypoint keys with no source: "nose", ..., "left_hand.index_1", ..."""
-        missing = [name for name in BODY_NAMES if name not in self.body]
+    def unmapped(self, hands: bool = True, neck: str = "shoulders") -> list[str]:
+        """Keypoint keys with no source: "nose", ..., "left_hand.index_1", ...
+
+        With neck="shoulders" the neck needs no source of its own (it is made from the shoulders).
+        """
+        missing = [
+            name for name in BODY_NAMES
+            if name not in self.body and not (name == "neck" and neck == "shoulders")
+        ]
         if hands:
             for group in HAND_GROUPS:
                 missing += [f"{group}.{name}" for name in HAND_NAMES if name not in self.group(group)]
@@ -292,9 +321,17 @@ def resolve_mapping(
     return mapping
 
 
-def check_required(mapping: KeypointMapping, armature: bpy.types.Object) -> None:
+def check_neck_rule(neck: str) -> None:
+    if neck not in NECK_RULES:
+        raise AddonError(
+            f"unknown neck rule '{neck}'; use 'shoulders' (the mean of the shoulders, as DWPose draws it) "
+            f"or 'bone' (the rig's own neck bone)"
+        )
+
+
+def check_required(mapping: KeypointMapping, armature: bpy.types.Object, neck: str = "shoulders") -> None:
     """Raise AddonError naming the body keypoints a skeleton cannot do without, when unmapped."""
-    missing = [name for name in REQUIRED_BODY if name not in mapping.body]
+    missing = [name for name in mapping.unmapped(hands=False, neck=neck) if name in REQUIRED_BODY]
     if not missing:
         return
     if not mapping.preset:
@@ -444,6 +481,130 @@ def _face_points_world(face: _FaceGroups, depsgraph: bpy.types.Depsgraph) -> dic
     return result
 
 
+# ---------------------------------------------------------------- which bones move what
+
+
+def _rest_frames(armature: bpy.types.Object) -> dict[str, bone_presets.BoneFrame]:
+    """BoneFrames of the rest pose, in armature space."""
+    frames = {}
+    for bone in armature.data.bones:
+        matrix = bone.matrix_local
+        frames[bone.name] = bone_presets.BoneFrame(
+            head=np.array(bone.head_local, dtype=np.float64),
+            tail=np.array(bone.tail_local, dtype=np.float64),
+            x_axis=np.array(matrix.col[0].xyz.normalized(), dtype=np.float64),
+            z_axis=np.array(matrix.col[2].xyz.normalized(), dtype=np.float64),
+        )
+    return frames
+
+
+def _segment_distances(point: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """Distances from point to each segment heads[i]-tails[i]."""
+    axes = tails - heads
+    length2 = np.maximum((axes * axes).sum(axis=1), 1e-24)
+    t = np.clip(((point - heads) * axes).sum(axis=1) / length2, 0.0, 1.0)
+    return np.linalg.norm(point - (heads + t[:, None] * axes), axis=1)
+
+
+def own_bones(
+    armature: bpy.types.Object, source: Any, radius: float, rest: dict[str, bone_presets.BoneFrame] | None = None
+) -> dict[str, float]:
+    """The bones a joint's keypoint moves with, for occlusion (see the module docstring).
+
+    Returns {bone: reach}: a surface moving with the bone counts as the joint's own within
+    `reach` of the joint. The bones meeting at the joint reach any distance. A parent
+    reaches as far as its own bone lies from the joint (plus radius): the pelvis holds
+    both hips, but only its part around a hip is that hip's flesh, so the far hip seen
+    from the side stays hidden behind the pelvis.
+    radius: armature-space distance within which rest-pose bones count as meeting at the joint.
+    rest: _rest_frames(armature), when the caller has it already.
+    """
+    bones = armature.data.bones
+    rest = rest if rest is not None else _rest_frames(armature)
+    names = list(rest)
+    heads = np.array([rest[name].head for name in names]).reshape(-1, 3)
+    tails = np.array([rest[name].tail for name in names]).reshape(-1, 3)
+    point = bone_presets.evaluate_source(source, rest)
+    index = {name: i for i, name in enumerate(names)}
+    sources = [name for name in source_bones(source) if name in bones]
+    reach: dict[str, float] = {name: math.inf for name in sources}
+    if point is not None:
+        distances = _segment_distances(point, heads, tails)
+        for i in np.nonzero(distances <= radius)[0]:
+            reach[names[i]] = math.inf
+        for name in sources:
+            parent = bones[name].parent
+            if parent is not None and parent.name not in reach:
+                reach[parent.name] = float(distances[index[parent.name]]) + radius
+    # Copies of the same bone (Rigify's DEF-/ORG-/MCH- bones) move together.
+    same = radius * 0.05
+    for name, bone_reach in list(reach.items()):
+        i = index[name]
+        copies = (np.linalg.norm(heads - heads[i], axis=1) <= same) & (np.linalg.norm(tails - tails[i], axis=1) <= same)
+        for j in np.nonzero(copies)[0]:
+            reach.setdefault(names[j], bone_reach)
+    return reach
+
+
+def _bone_parent(obj: bpy.types.Object, armature: bpy.types.Object) -> str:
+    """The armature bone obj (or the object it hangs from) is parented to; "" if none."""
+    while obj is not None:
+        if obj.parent == armature:
+            return obj.parent_bone if obj.parent_type == "BONE" else ""
+        obj = obj.parent
+    return ""
+
+
+class _FaceBones:
+    """Which of the armature's bones move each face of the character's meshes.
+
+    A face moves with the bones holding at least FACE_WEIGHT of the deform weights of one
+    of its vertices (through an Armature modifier of this armature), and with the bone the
+    mesh is parented to. Read lazily, only for the faces rays hit, and cached while the
+    evaluated mesh has the original's faces (an Armature modifier keeps them).
+    """
+
+    def __init__(self, armature: bpy.types.Object, meshes: list[bpy.types.Object]) -> None:
+        self.deforming = {bone.name for bone in armature.data.bones if bone.use_deform}
+        self.parent_bone = {obj.name: _bone_parent(obj, armature) for obj in meshes}
+        self.skinned = {
+            obj.name for obj in meshes
+            if any(mod.type == "ARMATURE" and mod.object == armature and mod.use_vertex_groups for mod in obj.modifiers)
+        }
+        self.face_counts = {obj.name: len(obj.data.polygons) for obj in meshes}
+        self.cache: dict[tuple[str, int], frozenset[str]] = {}
+
+    def __call__(self, obj_eval: bpy.types.Object, index: int) -> frozenset[str]:
+        """The bones moving face `index` of an evaluated mesh (the index scene.ray_cast gives)."""
+        name = obj_eval.original.name
+        parent = self.parent_bone.get(name, "")
+        if name not in self.skinned or index < 0:
+            return frozenset({parent} - {""})
+        original = bpy.data.objects.get(name)
+        same_faces = original is not None and len(obj_eval.data.polygons) == self.face_counts.get(name)
+        key = (name, index)
+        if same_faces and key in self.cache:
+            return self.cache[key]
+        obj = original if same_faces else obj_eval
+        mesh = obj.data
+        if index >= len(mesh.polygons):
+            return frozenset({parent} - {""})
+        names = {group.index: group.name for group in obj.vertex_groups}
+        bones = {parent} - {""}
+        for vertex in mesh.polygons[index].vertices:
+            weights = {}
+            for element in mesh.vertices[vertex].groups:
+                bone = names.get(element.group)
+                if bone in self.deforming and element.weight > 0.0:
+                    weights[bone] = element.weight
+            total = sum(weights.values())
+            bones |= {bone for bone, weight in weights.items() if weight >= FACE_WEIGHT * total}
+        result = frozenset(bones)
+        if same_faces:
+            self.cache[key] = result
+        return result
+
+
 # ---------------------------------------------------------------- projection
 
 
@@ -451,6 +612,7 @@ class Projector:
     """Projects one armature's keypoints through one camera, frame after frame.
 
     Use inside `output_frame(scene, width, height)`; `pose_at(frame)` sets the frame.
+    neck: "shoulders" (DWPose's rule, the default) or "bone" (the mapping's neck source).
     """
 
     def __init__(
@@ -465,10 +627,12 @@ class Projector:
         hands: bool = True,
         face: bool = True,
         occlusion: bool = False,
+        neck: str = "shoulders",
     ) -> None:
+        check_neck_rule(neck)
         self.scene, self.armature, self.camera, self.mapping = scene, armature, camera, mapping
         self.width, self.height = int(width), int(height)
-        self.hands, self.occlusion = hands, occlusion
+        self.hands, self.occlusion, self.neck = hands, occlusion, neck
         self.bones_needed = mapping.bone_names()
         meshes = character_meshes(scene, armature)
         self.own_meshes = {obj.name for obj in meshes}
@@ -478,6 +642,15 @@ class Projector:
                 groups = _face_groups(obj)
                 if groups is not None:
                     self.faces.append(groups)
+        self.face_bones = _FaceBones(armature, meshes) if occlusion else None
+        self.own: dict[tuple[str, str], dict[str, float]] = {}  # (group, keypoint) -> own bones' reach
+        if occlusion:
+            rest = _rest_frames(armature)
+            ends = [f.head for f in rest.values()] + [f.tail for f in rest.values()]
+            rest_size = float(np.linalg.norm(np.ptp(np.array(ends), axis=0))) if ends else 1.0
+            for group in ("body", *HAND_GROUPS):
+                for name, source in mapping.group(group).items():
+                    self.own[(group, name)] = own_bones(armature, source, JOINT_TOLERANCE * (rest_size or 1.0), rest)
         self.size: float | None = None  # character size, measured on the first frame
 
     @property
@@ -500,16 +673,22 @@ class Projector:
         view = _CameraView(scene, camera_eval, depsgraph, self)
         for index, name in enumerate(BODY_NAMES):
             source = self.mapping.body.get(name)
+            if name == "neck" and self.neck == "shoulders":
+                continue  # made from the shoulders below
             if source is not None:
                 kind = "head" if name in HEAD_POINTS else "joint"
-                pose.body[index] = view.pixel(bone_presets.evaluate_source(source, bones), kind)
+                point = bone_presets.evaluate_source(source, bones)
+                pose.body[index] = view.pixel(point, kind, self.own.get(("body", name), {}))
+        if self.neck == "shoulders":
+            set_neck_from_shoulders(pose.body)
         if self.hands:
             for group, points in (("left_hand", pose.left_hand), ("right_hand", pose.right_hand)):
                 sources = self.mapping.group(group)
                 for index, name in enumerate(HAND_NAMES):
                     source = sources.get(name)
                     if source is not None:
-                        points[index] = view.pixel(bone_presets.evaluate_source(source, bones), "joint")
+                        point = bone_presets.evaluate_source(source, bones)
+                        points[index] = view.pixel(point, "joint", self.own.get((group, name), {}))
         for face in self.faces:
             for landmark, point in _face_points_world(face, depsgraph).items():
                 if pose.face[landmark, 2] == 0:
@@ -528,7 +707,8 @@ class _CameraView:
         self.backwards = matrix.col[2].xyz.normalized()
         self.orthographic = camera_eval.data.type == "ORTHO"
 
-    def pixel(self, point: np.ndarray | None, kind: str) -> np.ndarray:
+    def pixel(self, point: np.ndarray | None, kind: str, own: dict[str, float] | None = None) -> np.ndarray:
+        """kind: "joint" (inside a limb; own: its bones' reach, see own_bones), "head" or "face" (on the surface)."""
         missing = np.zeros(3, dtype=np.float32)
         if point is None:
             return missing
@@ -540,39 +720,65 @@ class _CameraView:
         y = (1.0 - ndc.y) * self.projector.height
         if not (0.0 <= x <= self.projector.width and 0.0 <= y <= self.projector.height):
             return missing
-        if self.projector.occlusion and self._hidden(world, ndc.z, kind):
-            return missing
+        if self.projector.occlusion:
+            if kind == "joint":
+                hidden = self._joint_hidden(world, ndc.z, own or {})
+            else:
+                hidden = self._surface_hidden(world, ndc.z, kind)
+            if hidden:
+                return missing
         return np.array([x, y, 1.0], dtype=np.float32)
 
-    def _hidden(self, point: Vector, depth: float, kind: str) -> bool:
-        """Ray cast from the point towards the camera through the character's own meshes."""
+    def _towards_camera(self, point: Vector, depth: float) -> tuple[Vector, float]:
+        """The unit direction from point to the camera, and the distance."""
         if self.orthographic:
-            direction, distance = self.backwards, depth
-        else:
-            offset = self.location - point
-            distance = offset.length
-            direction = offset.normalized()
+            return self.backwards.copy(), depth
+        offset = self.location - point
+        return offset.normalized(), offset.length
+
+    def _step(self) -> float:
+        return max((self.projector.size or 1.0) * 1e-4, 1e-6)
+
+    def _joint_hidden(self, point: Vector, depth: float, own: dict[str, float]) -> bool:
+        """From the camera to the joint: is the first surface met someone else's?"""
+        towards, distance = self._towards_camera(point, depth)
+        origin, direction = point + towards * distance, -towards
+        tolerance = (self.projector.size or 1.0) * JOINT_TOLERANCE
+        travelled = 0.0
+        for _ in range(64):  # each hit on another object moves on; a bound in case of degenerate geometry
+            reach = distance - tolerance - travelled
+            if reach <= 0.0:
+                return False
+            hit, location, _normal, index, obj, _matrix = self.scene.ray_cast(
+                self.depsgraph, origin + direction * travelled, direction, distance=reach
+            )
+            if not hit:
+                return False
+            if obj is not None and (obj.original or obj).name in self.projector.own_meshes:
+                # The first of the character's surfaces: the joint's own flesh, or something in front of it.
+                away = distance - (location - origin).length
+                bones = self.projector.face_bones(obj.evaluated_get(self.depsgraph), index)
+                return not any(away <= own.get(bone, -1.0) for bone in bones)
+            travelled = (location - origin).length + self._step()
+        return False
+
+    def _surface_hidden(self, point: Vector, depth: float, kind: str) -> bool:
+        """From the point to the camera: is any of the character's surfaces in the way?"""
+        direction, distance = self._towards_camera(point, depth)
         size = self.projector.size or 1.0
-        tolerance = size * {"joint": JOINT_TOLERANCE, "head": HEAD_TOLERANCE, "face": FACE_TOLERANCE}[kind]
-        step = max(size * 1e-4, 1e-6)
+        tolerance = size * {"head": HEAD_TOLERANCE, "face": FACE_TOLERANCE}[kind]
         travelled = tolerance
-        for _ in range(64):  # each hit moves on; a bound in case of degenerate geometry
+        for _ in range(64):
             if travelled >= distance:
                 return False
-            hit, location, normal, _index, obj, _matrix = self.scene.ray_cast(
+            hit, location, _normal, _index, obj, _matrix = self.scene.ray_cast(
                 self.depsgraph, point + direction * travelled, direction, distance=distance - travelled
             )
             if not hit:
                 return False
-            if obj is not None and obj.name in self.projector.own_meshes:
-                if kind != "joint":
-                    return True
-                # Leaving a surface (normal along the ray) is the joint's own limb around
-                # it; entering one (normal against the ray) means a part of the character
-                # lies between the joint and the camera.
-                if normal.dot(direction) < 0.0:
-                    return True
-            travelled = (location - point).length + step
+            if obj is not None and (obj.original or obj).name in self.projector.own_meshes:
+                return True
+            travelled = (location - point).length + self._step()
         return False
 
 
@@ -590,6 +796,7 @@ def make_projector(
     hands: bool = True,
     face: bool = True,
     occlusion: bool = False,
+    neck: str = "shoulders",
     require_body: bool = True,
 ) -> Projector:
     """A Projector for frames frame_start..frame_end, after the checks that need no frame set.
@@ -597,7 +804,9 @@ def make_projector(
     Raises AddonError for an empty frame range, a size that is not a multiple of 8, and
     (require_body) unmapped body keypoints: everything that can be known before the first
     frame is evaluated, so that a caller projecting frame by frame fails at once.
+    neck: "shoulders" (DWPose's rule) or "bone" (the rig's neck bone, the mapping's "neck").
     """
+    check_neck_rule(neck)
     if armature.type != "ARMATURE":
         raise AddonError(f"'{armature.name}' is not an armature; pick the character's armature")
     if camera.type != "CAMERA":
@@ -606,8 +815,10 @@ def make_projector(
     check_size(width, height)
     mapping = resolve_mapping(armature, overrides, preset)
     if require_body:
-        check_required(mapping, armature)
-    return Projector(scene, armature, camera, mapping, width, height, hands=hands, face=face, occlusion=occlusion)
+        check_required(mapping, armature, neck)
+    return Projector(
+        scene, armature, camera, mapping, width, height, hands=hands, face=face, occlusion=occlusion, neck=neck
+    )
 
 
 def projection_result(projector: Projector, poses: list[Pose]) -> ProjectionResult:
@@ -621,7 +832,7 @@ def projection_result(projector: Projector, poses: list[Pose]) -> ProjectionResu
     return ProjectionResult(
         poses=PoseSequence(poses, fps=fps),
         mapping=projector.mapping,
-        unmapped=projector.mapping.unmapped(projector.hands),
+        unmapped=projector.mapping.unmapped(projector.hands, projector.neck),
         face_mesh=projector.face_mesh,
     )
 
@@ -640,6 +851,7 @@ def project_sequence(
     hands: bool = True,
     face: bool = True,
     occlusion: bool = False,
+    neck: str = "shoulders",
     require_body: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> ProjectionResult:
@@ -647,11 +859,11 @@ def project_sequence(
 
     The scene's current frame is restored afterwards. Raises AddonError for an empty frame
     range, a size that is not a multiple of 8, and (require_body) unmapped body keypoints.
-    progress(done, total) is called after each frame (for a progress bar).
+    progress(done, total) is called after each frame (for a progress bar). neck: see make_projector.
     """
     projector = make_projector(
         scene, armature, camera, frame_start, frame_end, width, height, overrides=overrides, preset=preset,
-        hands=hands, face=face, occlusion=occlusion, require_body=require_body,
+        hands=hands, face=face, occlusion=occlusion, neck=neck, require_body=require_body,
     )
     frames = list(range(frame_start, frame_end + 1))
     poses = []

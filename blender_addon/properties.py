@@ -39,6 +39,12 @@ SOURCE_KINDS = (
     ("MIDPOINT", "Midpoint", "The middle of two bone ends (e.g. the neck between the shoulders)"),
 )
 
+NECK_RULES = (
+    ("shoulders", "Between Shoulders",
+     "The middle of the two shoulders, as DWPose drew every skeleton the model was trained on (recommended)"),
+    ("bone", "Neck Bone", "The rig's own neck bone (the Neck row of the bone mapping)"),
+)
+
 IMPORT_MODES = (
     ("PLANE", "Plane", "A plane facing the camera that fills its frame, with the video as an emission texture"),
     ("STRIP", "Sequencer Strip", "A movie strip in the video sequencer, on a free channel at the first frame"),
@@ -169,6 +175,8 @@ class ANIMATE_PG_scene_settings(PropertyGroup):
         default=False,
         description="Drop joints hidden behind the character's own meshes (ray casting; slower)",
     )
+    neck: EnumProperty(name="Neck", items=NECK_RULES, default="shoulders",
+                       description="Where the skeleton's neck point is drawn")
 
     # Reference still.
     reference_source: EnumProperty(name="Reference", items=REFERENCE_SOURCES, default="RENDER")

@@ -14,9 +14,14 @@ Sources of a point
     A preset may give a tuple of sources for one keypoint: the first one the rig can
     evaluate is used (e.g. a real eye bone if there is one, else an offset from the head).
 
-Rules for keypoints without a bone
-    Shoulders are the upper arm's head, hips the thigh's head, the neck the neck bone's head
-    (else the midpoint of the two shoulders). Nose, eyes and ears come from the head bone,
+Rules for keypoints without a bone (docs/skeleton.md)
+    Shoulders are the upper arm's head, hips the thigh's head. The neck a skeleton is drawn
+    with is the mean of the two projected shoulders (keypoints.neck_from_shoulders, DWPose's
+    rule, applied by the add-on after projection); a preset's "neck" entry is the rig's own
+    neck bone (its head, else the midpoint of the shoulders), used only when the user asks
+    for the rig's neck instead. Nose, eyes and ears come from face bones where the family
+    has them (Rigify: the nose tip is the tail of nose.001, the ears the heads of ear.L/.R),
+    else from the head bone,
     with HEAD_OFFSETS: the head bone runs from the top of the neck up to the crown (+Y up),
     X points to the character's left (Blender's +X side, ".L"), and the face is on +Z for
     every family here: a head bone pointing straight up with roll 0, as metarigs, Mixamo
@@ -27,12 +32,14 @@ Rules for keypoints without a bone
     ears at the sides); they are approximations and only matter for rigs without face bones.
 
 Bone names are as Blender shows them. Names with a namespace prefix ("mixamorig:Hips",
-"mixamorig1:Hips", "Armature|Hips"... anything up to the last ':' or '|') and case
-differences are resolved by match_preset.
+"mixamorig1:Hips", "Armature|Hips"... anything up to the last ':' or '|'), Mixamo's prefix
+written without the colon ("mixamorigHips", "mixamorig_Hips", as some glTF and FBX
+exports spell it) and case differences are resolved by match_preset.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -192,7 +199,8 @@ def _rigify(prefixes: tuple[str, ...], face_prefixes: tuple[str, ...]) -> tuple[
     shoulders = BoneMidpoint(BonePoint(prefixes[0] + "upper_arm.R"), BonePoint(prefixes[0] + "upper_arm.L"))
     body: dict[str, SourceSpec] = {
         "neck": point("spine.004") + (shoulders,),
-        "nose": point("nose", among=face_prefixes) + offset("nose"),
+        # "nose" runs from the bridge between the eyes down to nose.001, whose tail is the tip.
+        "nose": point("nose.001", "tail", among=face_prefixes) + offset("nose"),
     }
     for side, s in (("right", "R"), ("left", "L")):
         body[f"{side}_shoulder"] = point(f"upper_arm.{s}")
@@ -202,7 +210,8 @@ def _rigify(prefixes: tuple[str, ...], face_prefixes: tuple[str, ...]) -> tuple[
         body[f"{side}_knee"] = point(f"shin.{s}")
         body[f"{side}_ankle"] = point(f"foot.{s}")
         body[f"{side}_eye"] = point(f"eye.{s}", among=face_prefixes) + offset(f"{side}_eye")
-        body[f"{side}_ear"] = offset(f"{side}_ear")
+        # ear.L/.R start at the front of the ear, where it meets the head.
+        body[f"{side}_ear"] = point(f"ear.{s}", among=face_prefixes) + offset(f"{side}_ear")
     body = {name: body[name] for name in BODY_NAMES}
 
     hands = []
@@ -228,7 +237,9 @@ def _rigify_meta() -> ArmaturePreset:
 
 
 def _rigify_generated() -> ArmaturePreset:
-    body, left, right = _rigify(prefixes=("DEF-", "ORG-"), face_prefixes=("ORG-", "MCH-"))
+    # Face bones: the deforming and original copies share the metarig's ends; the controls
+    # of the same name (a generated rig's "nose.001") do not, so they are never used.
+    body, left, right = _rigify(prefixes=("DEF-", "ORG-"), face_prefixes=("DEF-", "ORG-", "MCH-"))
     return ArmaturePreset(
         "rigify_generated", "Rigify generated rig (DEF-/ORG- bones)", body, left, right,
         markers=("root", "torso", "DEF-spine", "DEF-spine.001", "ORG-spine", "MCH-WGT-hips",
@@ -264,27 +275,58 @@ def _mixamo() -> ArmaturePreset:
     )
 
 
+def _bvh_hand(wrist: str, side: str, short: str) -> dict[str, SourceSpec]:
+    """A BVH hand: whichever finger joints the file has, by the names BVH exporters use.
+
+    Full chains are named like Mixamo's (<Side>HandThumb1..3, <Side>HandIndex1..3, ...,
+    <Side>HandPinky1..3), the usual names of MotionBuilder-style BVH files with fingers.
+    CMU's files have one index chain (<Side>FingerBase -> <Side>HandIndex1, whose head is
+    the knuckle) and a one-bone thumb (L/RThumb); those are the fallbacks. In Blender a BVH
+    joint is a bone whose head is the joint and whose tail is its child (or End Site).
+    """
+    out: dict[str, SourceSpec] = {"wrist": _head(wrist)}
+    for finger, stem in (("thumb", "Thumb"), ("index", "Index"), ("middle", "Middle"), ("ring", "Ring"), ("little", "Pinky")):
+        bone = f"{side}Hand{stem}"
+        out[f"{finger}_1"] = _head(bone + "1")
+        out[f"{finger}_2"] = _head(bone + "2")
+        out[f"{finger}_3"] = _head(bone + "3")
+        out[f"{finger}_4"] = (_head(bone + "4"), _tail(bone + "3"))
+    out["thumb_1"] = (_head(f"{side}HandThumb1"), _head(f"{short}Thumb"))
+    out["thumb_4"] = (_head(f"{side}HandThumb4"), _tail(f"{side}HandThumb3"), _tail(f"{short}Thumb"))
+    out["index_1"] = (_head(f"{side}HandIndex1"), _tail(f"{side}FingerBase"))
+    out["index_4"] = (_head(f"{side}HandIndex4"), _tail(f"{side}HandIndex3"), _tail(f"{side}HandIndex1"))
+    return {name: out[name] for name in HAND_NAMES}
+
+
 def _bvh_cmu() -> ArmaturePreset:
+    # The CMU motion-capture library as converted for MotionBuilder (the naming Mixamo also
+    # uses for the limbs): <Side>Shoulder is the collar bone, <Side>Arm the upper arm.
     body = _body(
         _neck("Neck", "RightArm", "LeftArm"), "Head",
         arm={"shoulder": _right_left("Arm"), "elbow": _right_left("ForeArm"), "wrist": _right_left("Hand")},
         leg={"hip": _right_left("UpLeg"), "knee": _right_left("Leg"), "ankle": _right_left("Foot")},
     )
-
-    def hand(s: str, short: str) -> dict[str, SourceSpec]:
-        # CMU's hands: <Side>FingerBase -> <Side>HandIndex1 (one finger chain) and L/RThumb.
-        return {
-            "wrist": _head(f"{s}Hand"),
-            "thumb_1": _head(f"{short}Thumb"),
-            "thumb_4": _tail(f"{short}Thumb"),
-            "index_1": (_head(f"{s}HandIndex1"), _tail(f"{s}FingerBase")),
-            "index_4": _tail(f"{s}HandIndex1"),
-        }
-
     return ArmaturePreset(
-        "bvh_cmu", "BVH / CMU mocap", body, hand("Left", "L"), hand("Right", "R"),
+        "bvh_cmu", "BVH / CMU mocap (MotionBuilder naming)", body,
+        _bvh_hand("LeftHand", "Left", "L"), _bvh_hand("RightHand", "Right", "R"),
         markers=("Hips", "LHipJoint", "RHipJoint", "LowerBack", "Spine", "Spine1", "Neck1",
                  "LeftShoulder", "RightShoulder", "LeftFingerBase", "RightFingerBase", "LeftToeBase"),
+    )
+
+
+def _bvh_cmu_max() -> ArmaturePreset:
+    # The CMU library as converted for 3ds Max: joints named for the joint, not the bone.
+    # <Side>Collar is the collar bone and <Side>Shoulder the upper arm (starting at the
+    # shoulder joint), then <Side>Elbow and <Side>Wrist; <Side>Hip, <Side>Knee, <Side>Ankle.
+    body = _body(
+        _neck("Neck", "RightShoulder", "LeftShoulder"), "Head",
+        arm={"shoulder": _right_left("Shoulder"), "elbow": _right_left("Elbow"), "wrist": _right_left("Wrist")},
+        leg={"hip": _right_left("Hip"), "knee": _right_left("Knee"), "ankle": _right_left("Ankle")},
+    )
+    return ArmaturePreset(
+        "bvh_cmu_max", "BVH / CMU mocap (3ds Max naming)", body,
+        _bvh_hand("LeftWrist", "Left", "L"), _bvh_hand("RightWrist", "Right", "R"),
+        markers=("Hips", "Chest", "Chest2", "Chest3", "Chest4", "LeftCollar", "RightCollar", "LeftToe", "RightToe"),
     )
 
 
@@ -398,18 +440,25 @@ def _auto_rig_pro() -> ArmaturePreset:
 
 PRESETS: dict[str, ArmaturePreset] = {
     p.name: p
-    for p in (_rigify_meta(), _rigify_generated(), _mixamo(), _bvh_cmu(), _vrm(), _unreal(), _auto_rig_pro())
+    for p in (
+        _rigify_meta(), _rigify_generated(), _mixamo(), _bvh_cmu(), _bvh_cmu_max(), _vrm(), _unreal(),
+        _auto_rig_pro(),
+    )
 }
 
 
 # --------------------------------------------------------------------------- matching
 
 
+# Mixamo's namespace written without its colon: "mixamorigHips", "mixamorig1_Hips".
+_MIXAMO_GLUED = re.compile(r"^mixamorig\d*_?(?=[A-Z])")
+
+
 def _plain(name: str) -> str:
-    """A bone name without its namespace prefix ("mixamorig:Hips" -> "Hips")."""
+    """A bone name without its namespace prefix ("mixamorig:Hips", "mixamorigHips" -> "Hips")."""
     for sep in (":", "|"):
         name = name.rsplit(sep, 1)[-1]
-    return name
+    return _MIXAMO_GLUED.sub("", name)
 
 
 class _Resolver:

@@ -27,8 +27,10 @@ channel_order="rgb" feeds RGB instead (DWPose's own ControlNet demo), and
 detect_resolution=None detects at the image's own size.
 
 COCO-WholeBody 133 points -> our layout: body from the 17 COCO points reordered to
-OpenPose's 18 with neck = mean of the shoulders (its confidence the smaller of the two),
-feet (17-22) dropped, face 23-90 (68 points), left hand 91-111, right hand 112-132.
+OpenPose's 18 with the neck made by keypoints.neck_from_shoulders (the mean of the
+shoulders, present only when both are; the same rule poses from a rig use, see
+docs/skeleton.md), feet (17-22) dropped, face 23-90 (68 points), left hand 91-111, right
+hand 112-132.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from pose_bridge.errors import ModelFileError, PoseDataError
-from pose_bridge.keypoints import Pose, PoseSequence
+from pose_bridge.keypoints import Pose, PoseSequence, set_neck_from_shoulders
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +207,7 @@ def wholebody_to_pose(points: np.ndarray, width: int, height: int) -> Pose:
     for ours, coco in enumerate(COCO_TO_OPENPOSE):
         if coco is not None:
             body[ours] = points[coco]
-    shoulders = points[[5, 6]]
-    body[1, :2] = shoulders[:, :2].mean(axis=0)
-    body[1, 2] = shoulders[:, 2].min()
+    set_neck_from_shoulders(body)
     parts = {
         "body": body,
         "left_hand": points[LEFT_HAND_SLICE],

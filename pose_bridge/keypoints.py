@@ -43,6 +43,33 @@ HAND_INDEX = {name: i for i, name in enumerate(HAND_NAMES)}
 # Below this confidence a point is treated as missing when drawing (DWPose's threshold).
 DRAW_CONFIDENCE = 0.3
 
+NECK = BODY_INDEX["neck"]
+RIGHT_SHOULDER = BODY_INDEX["right_shoulder"]
+LEFT_SHOULDER = BODY_INDEX["left_shoulder"]
+
+
+def neck_from_shoulders(body: np.ndarray) -> np.ndarray:
+    """The neck as DWPose builds it: the mean of the two shoulders, (x, y, confidence).
+
+    Every skeleton the released weights were trained on got its neck this way, so poses
+    from a rig and poses from detection both use this one rule (docs/skeleton.md). The
+    neck is present only when both shoulders are (confidence at least DRAW_CONFIDENCE);
+    its confidence is then the smaller of the two, else it is (0, 0, 0).
+    body: an (18, 3) array in BODY_NAMES order.
+    """
+    right, left = np.asarray(body[RIGHT_SHOULDER], dtype=np.float64), np.asarray(body[LEFT_SHOULDER], dtype=np.float64)
+    confidence = min(right[2], left[2])
+    if confidence < DRAW_CONFIDENCE:
+        return np.zeros(3, dtype=np.float32)
+    x, y = (right[:2] + left[:2]) / 2.0
+    return np.array([x, y, confidence], dtype=np.float32)
+
+
+def set_neck_from_shoulders(body: np.ndarray) -> np.ndarray:
+    """body (18, 3) with its neck replaced by neck_from_shoulders, in place; returns body."""
+    body[NECK] = neck_from_shoulders(body)
+    return body
+
 
 def _empty(n: int) -> np.ndarray:
     return np.zeros((n, 3), dtype=np.float32)

@@ -179,10 +179,10 @@ def test_a_scene_that_cannot_work_fails_at_start(scene, tmp_path):
     """Unmapped body bones are known before any frame is evaluated: start() says so, nothing runs."""
     runner = RecordingRunner()
     for item in scene.animate_anyone.bone_map:
-        if item.keypoint == "neck":
+        if item.group == "body" and item.keypoint == "left_wrist":
             item.bone = ""  # the row cleared in the Bone Mapping table
     controller = new_controller(scene, tmp_path / "job", runner)
-    with pytest.raises(AddonError, match="neck"):
+    with pytest.raises(AddonError, match="left_wrist"):
         controller.start()
     assert controller.state == "new"
     assert runner.calls == []

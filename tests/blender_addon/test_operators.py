@@ -161,7 +161,8 @@ BAD_SCENES = {
     "no armature": (_no_armature, "No armature chosen"),
     "no camera": (_no_camera, "has no camera"),
     "empty frame range": (_empty_range, "5-2 has no frames"),
-    "unmapped bones": (_unmapped_body, "neck, right_shoulder, left_knee"),
+    # The neck row is cleared too, but the neck comes from the shoulders: it is not listed.
+    "unmapped bones": (_unmapped_body, "have no bone: right_shoulder, left_knee;"),
     "bone not in rig": (_bone_not_in_rig, "NoSuchBone"),
     "no model": (_no_model, "No model folder is set"),
     "no backend": (_no_backend, "does not exist"),

@@ -118,7 +118,7 @@ def test_keypoints_equal_an_independent_projection_of_the_bones(camera_kind, siz
         groups += [(g, getattr(pose, g), {n: i for i, n in enumerate(HAND_NAMES)}) for g in ("left_hand", "right_hand")]
         for group, points, index in groups:
             for name, source in result.mapping.group(group).items():
-                if not isinstance(source, bone_presets.BonePoint):
+                if not isinstance(source, bone_presets.BonePoint) or (group, name) == ("body", "neck"):
                     continue  # offsets (nose, eyes, ears) are pose_bridge's arithmetic, tested there
                 expected = independent_pixel(camera, bone_point_world(rig, source), width, height)
                 x, y, confidence = points[index[name]]
@@ -128,6 +128,12 @@ def test_keypoints_equal_an_independent_projection_of_the_bones(camera_kind, siz
                 assert confidence == 1.0, (frame, group, name)
                 np.testing.assert_allclose((x, y), expected, atol=2e-3, err_msg=f"{frame} {group} {name}")
                 checked += 1
+        # The neck is DWPose's: the mean of the two shoulders, present when both are.
+        right, left = pose.body[BODY_INDEX["right_shoulder"]], pose.body[BODY_INDEX["left_shoulder"]]
+        if right[2] and left[2]:
+            np.testing.assert_allclose(pose.body[BODY_INDEX["neck"]], [*((right[:2] + left[:2]) / 2), 1.0], atol=1e-4)
+        else:
+            assert not pose.body[BODY_INDEX["neck"]].any()
     assert checked > 100  # body and fingers of every frame were compared (some may be out of frame)
 
 
@@ -201,7 +207,7 @@ def test_each_preset_maps_a_rig_built_with_its_bone_names(preset_name):
     pose = result.poses[0]
     for name in projection.REQUIRED_BODY:
         source = mapping.body[name]
-        if isinstance(source, bone_presets.BonePoint):
+        if isinstance(source, bone_presets.BonePoint) and name != "neck":  # the neck: from the shoulders
             expected = independent_pixel(camera, bone_point_world(rig, source), 64, 96)
             np.testing.assert_allclose(pose.body[BODY_INDEX[name], :2], expected, atol=2e-3, err_msg=name)
             assert pose.body[BODY_INDEX[name], 2] == 1.0

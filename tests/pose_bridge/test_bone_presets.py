@@ -14,7 +14,7 @@ from pose_bridge.bone_presets import (
     evaluate_source,
     match_preset,
 )
-from pose_bridge.keypoints import BODY_NAMES, HAND_NAMES
+from pose_bridge.keypoints import BODY_INDEX, BODY_NAMES, HAND_NAMES, neck_from_shoulders, set_neck_from_shoulders
 
 
 def sides(names: list[str], left: str, right: str) -> list[str]:
@@ -53,6 +53,10 @@ BVH_CMU = ["Hips", "LHipJoint", "RHipJoint", "LowerBack", "Spine", "Spine1", "Ne
     ["{s}UpLeg", "{s}Leg", "{s}Foot", "{s}ToeBase", "{s}Shoulder", "{s}Arm", "{s}ForeArm", "{s}Hand",
      "{s}FingerBase", "{s}HandIndex1"], "Left", "Right")
 
+# The CMU library as converted for 3ds Max: <Side>Shoulder is the upper arm here, <Side>Collar the clavicle.
+BVH_CMU_MAX = ["Hips", "Chest", "Chest2", "Chest3", "Chest4", "Neck", "Head"] + sides(
+    ["{s}Collar", "{s}Shoulder", "{s}Elbow", "{s}Wrist", "{s}Hip", "{s}Knee", "{s}Ankle", "{s}Toe"], "Left", "Right")
+
 VROID = ["Root", "J_Bip_C_Hips", "J_Bip_C_Spine", "J_Bip_C_Chest", "J_Bip_C_UpperChest", "J_Bip_C_Neck",
          "J_Bip_C_Head", "J_Adj_L_FaceEye", "J_Adj_R_FaceEye"] + sides(
     ["J_Bip_{s}_Shoulder", "J_Bip_{s}_UpperArm", "J_Bip_{s}_LowerArm", "J_Bip_{s}_Hand",
@@ -85,16 +89,21 @@ FAMILIES = {
     "mixamo_numbered_prefix": ["mixamorig1:" + n for n in MIXAMO_PLAIN],
     "mixamo_no_prefix": MIXAMO_PLAIN,
     "bvh_cmu": BVH_CMU,
+    "bvh_cmu_max": BVH_CMU_MAX,
+    "mixamo_glued_prefix": ["mixamorig" + n for n in MIXAMO_PLAIN],
+    "mixamo_underscore_prefix": ["mixamorig_" + n for n in MIXAMO_PLAIN],
     "vrm_vroid": VROID,
     "vrm_humanoid": VRM_HUMANOID,
     "unreal_mannequin": UNREAL,
     "auto_rig_pro": AUTO_RIG_PRO,
 }
 EXPECTED = {
-    "mixamo_numbered_prefix": "mixamo", "mixamo_no_prefix": "mixamo", "vrm_vroid": "vrm", "vrm_humanoid": "vrm",
+    "mixamo_numbered_prefix": "mixamo", "mixamo_no_prefix": "mixamo", "mixamo_glued_prefix": "mixamo",
+    "mixamo_underscore_prefix": "mixamo", "vrm_vroid": "vrm", "vrm_humanoid": "vrm",
 }
 WITH_FINGERS = {"rigify_meta", "rigify_generated", "mixamo", "mixamo_numbered_prefix", "mixamo_no_prefix",
-                "vrm_vroid", "vrm_humanoid", "unreal_mannequin", "auto_rig_pro"}
+                "mixamo_glued_prefix", "mixamo_underscore_prefix", "vrm_vroid", "vrm_humanoid", "unreal_mannequin",
+                "auto_rig_pro"}
 
 
 def frames_for(bone_names) -> dict[str, BoneFrame]:
@@ -178,3 +187,57 @@ def test_face_points_sit_in_front_of_the_head_and_on_the_right_sides():
     assert nose[1] < 0  # in front (Blender characters face -Y)
     assert right_ear[0] < 0 < left_eye[0]  # the subject's right is -X
     assert 1.5 < nose[2] < 1.7
+
+
+def test_the_neck_is_the_mean_of_the_shoulders_when_both_are_there():
+    body = np.zeros((18, 3), np.float32)
+    body[BODY_INDEX["right_shoulder"]] = (100.0, 50.0, 0.9)
+    body[BODY_INDEX["left_shoulder"]] = (140.0, 54.0, 0.6)
+    body[BODY_INDEX["neck"]] = (120.0, 30.0, 1.0)  # a rig's neck bone, above the shoulder line
+    np.testing.assert_allclose(neck_from_shoulders(body), (120.0, 52.0, 0.6))
+    assert set_neck_from_shoulders(body) is body
+    np.testing.assert_allclose(body[BODY_INDEX["neck"]], (120.0, 52.0, 0.6))
+    # One shoulder missing or too uncertain to draw: no neck (DWPose's rule).
+    body[BODY_INDEX["left_shoulder"]] = (140.0, 54.0, 0.2)
+    assert not neck_from_shoulders(body).any()
+    body[BODY_INDEX["left_shoulder"]] = 0
+    assert not set_neck_from_shoulders(body)[BODY_INDEX["neck"]].any()
+
+
+def test_rigify_face_points_come_from_its_face_bones():
+    meta = match_preset(FAMILIES["rigify_meta"])
+    # "nose" runs from the bridge down the nose; the tip is the tail of nose.001.
+    assert meta.body["nose"] == BonePoint("nose.001", "tail")
+    assert meta.body["left_ear"] == BonePoint("ear.L", "head")
+    generated = match_preset(FAMILIES["rigify_generated"] + ["nose.001", "ORG-nose.001", "DEF-nose.001"])
+    # A generated rig's control "nose.001" has another tail: the deforming copy is used.
+    assert generated.body["nose"] == BonePoint("DEF-nose.001", "tail")
+    without_face = match_preset([b for b in FAMILIES["rigify_generated"] if "nose" not in b])
+    assert isinstance(without_face.body["nose"], BoneOffset)  # no nose bones: the head-bone rule
+
+
+def test_cmu_3ds_max_naming_reads_shoulder_as_the_upper_arm():
+    match = match_preset(BVH_CMU_MAX)
+    assert match.preset.name == "bvh_cmu_max"
+    assert match.body["left_shoulder"] == BonePoint("LeftShoulder")
+    assert match.body["left_elbow"] == BonePoint("LeftElbow")
+    assert match.body["right_ankle"] == BonePoint("RightAnkle")
+    assert match.left_hand["wrist"] == BonePoint("LeftWrist")
+    # In the MotionBuilder naming (and Mixamo's) the same name is the collar bone.
+    assert match_preset(BVH_CMU).body["left_shoulder"] == BonePoint("LeftArm")
+
+
+def test_bvh_finger_joints_are_mapped_where_the_file_has_them():
+    cmu = match_preset(BVH_CMU)
+    assert cmu.left_hand["thumb_1"] == BonePoint("LThumb") and cmu.left_hand["thumb_4"] == BonePoint("LThumb", "tail")
+    assert cmu.left_hand["index_1"] == BonePoint("LeftHandIndex1")
+    assert cmu.left_hand["index_4"] == BonePoint("LeftHandIndex1", "tail")
+    assert "left_hand.middle_1" in cmu.unmapped  # CMU has no middle finger joints
+    # A CMU-style file with whole finger chains (the names MotionBuilder-style BVH files use).
+    chains = [f"{{s}}Hand{f}{i}" for f in ("Thumb", "Index", "Middle", "Ring", "Pinky") for i in (1, 2, 3)]
+    full = match_preset(BVH_CMU + sides(chains, "Left", "Right"))
+    assert full.preset.name == "bvh_cmu"
+    assert set(full.right_hand) == set(HAND_NAMES)
+    assert full.right_hand["middle_2"] == BonePoint("RightHandMiddle2")
+    assert full.right_hand["index_4"] == BonePoint("RightHandIndex3", "tail")
+    assert full.right_hand["thumb_4"] == BonePoint("RightHandThumb3", "tail")
