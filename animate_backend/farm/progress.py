@@ -62,8 +62,8 @@ class FrameRate:
 
 def status_line(states: list[ShotState], eta_s: float | None) -> str:
     finished = [s for s in states if s.finished]
-    failed = sum(s.status == "failed" for s in states)
-    parts = [f"shots {len(finished)}/{len(states)}" + (f" ({failed} failed)" if failed else "")]
+    ended = [f"{n} {status}" for status in ("failed", "cancelled") if (n := sum(s.status == status for s in states))]
+    parts = [f"shots {len(finished)}/{len(states)}" + (f" ({', '.join(ended)})" if ended else "")]
     busy = [(word, sum(s.status == status for s in states))
             for status, word in (("generating", "generating"), ("exporting", "exporting"), ("queued", "queued"))]
     busy_text = ", ".join(f"{word} {n}" for word, n in busy if n)

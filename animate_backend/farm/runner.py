@@ -92,7 +92,8 @@ class _Slot:
     """One generation actor and what it is doing."""
 
     handle: Any
-    identity: dict[str, Any]
+    identity_ref: Any = None
+    identity: dict[str, Any] | None = None  # {"pid", "host", "gpus"} once the actor has answered
     state: ShotState | None = None
     run_ref: Any = None
     progress_ref: Any = None
@@ -103,6 +104,17 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def _check_cpus(cpus: int) -> None:
+    """A CPU-only actor must fit on one node, or it would wait for room forever."""
+    import ray
+
+    from animate_backend.farm.shots import FarmError
+
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if cpus > largest:
+        raise FarmError(f"--cpus-per-actor {cpus} is more than any node of the cluster has ({largest:g} CPUs)")
 
 
 def make_generator(gpu: bool, cpus: int):
@@ -167,13 +179,15 @@ class Farm:
         """Run every shot to its end on the Ray cluster this process is connected to."""
         self.prepare()
         self.gpu = cluster_gpus() > 0
+        if not self.gpu:
+            _check_cpus(self.options.cpus_per_actor)
         count = self.options.actors or (cluster_gpus() if self.gpu else 1)
         self.slots = [None] * max(1, count)
-        for state in self.states:
-            if state.status == "pending":
-                self._start(state)
-        self._notify()
         try:
+            for state in self.states:
+                if state.status == "pending":
+                    self._start(state)
+            self._notify()
             while not all(state.finished for state in self.states):
                 self._assign()
                 self._wait()
@@ -254,13 +268,13 @@ class Farm:
             self.queue.append(state)
 
     def _slot(self, index: int) -> _Slot:
-        import ray
-
+        """The actor of slot index, started now if it has none (it loads its model on its first job)."""
         slot = self.slots[index]
         if slot is None:
             handle = make_generator(self.gpu, self.options.cpus_per_actor)
-            identity = ray.get(handle.identity.remote())
-            slot = self.slots[index] = _Slot(handle, identity)
+            # Asked now, read when it has answered: waiting here would hang on an actor that
+            # cannot be placed yet (more actors asked for than the cluster has room for).
+            slot = self.slots[index] = _Slot(handle, identity_ref=handle.identity.remote())
         return slot
 
     def _assign(self) -> None:
@@ -271,23 +285,23 @@ class Farm:
             current = self.slots[index]
             if current is not None and current.state is not None:
                 continue
-            try:
-                slot = self._slot(index)
-            except Exception as exc:
-                if not _lost(exc):
-                    raise
-                logger.warning("a generation actor died while starting (%s); starting another", exc)
-                self.slots[index] = None
-                continue
+            slot = self._slot(index)
             state = self.queue.pop(0)
             state.status, state.attempts = "generating", state.attempts + 1
-            state.worker = f"pid {slot.identity['pid']} on {slot.identity['host']}"
-            if slot.identity.get("gpus"):
-                state.worker += f" (GPU {','.join(slot.identity['gpus'])})"
-            state.worker_pid = int(slot.identity["pid"])
             state.frames_done, state.stage = 0, "starting"
             slot.state, slot.started = state, time.monotonic()
+            self._show_worker(slot)
             slot.run_ref = slot.handle.run.remote(str(state.shot.job_dir))
+
+    @staticmethod
+    def _show_worker(slot: _Slot) -> None:
+        if slot.state is None or slot.identity is None:
+            return
+        identity = slot.identity
+        slot.state.worker = f"pid {identity['pid']} on {identity['host']}"
+        if identity.get("gpus"):
+            slot.state.worker += f" (GPU {','.join(identity['gpus'])})"
+        slot.state.worker_pid = int(identity["pid"])
 
     def _generation_finished(self, index: int, slot: _Slot, outcome: dict[str, Any] | None, lost: BaseException | None) -> None:
         state = slot.state
@@ -366,6 +380,13 @@ class Farm:
         import ray
 
         for _, slot in self._running():
+            if slot.identity is None and slot.identity_ref is not None:
+                if ray.wait([slot.identity_ref], timeout=0)[0]:
+                    try:
+                        slot.identity = ray.get(slot.identity_ref)
+                    except Exception:  # the actor died; its run ref says so
+                        slot.identity_ref = None
+                    self._show_worker(slot)
             if slot.progress_ref is not None:
                 done, _ = ray.wait([slot.progress_ref], timeout=0)
                 if not done:
