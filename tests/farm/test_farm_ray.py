@@ -1,9 +1,9 @@
 """The farm on a real local Ray cluster (2 CPUs) with the tiny untrained model.
 
-Shots are real .blend files built here with bpy (the demo character, 64x64, 6 frames); exports
-run the add-on's command line in child processes, generation runs in a Generator actor. One
-cluster serves the whole module; each fresh actor costs a model load (~10-20 s here), so the
-tests keep to a few of them.
+Shots are real .blend files built here with bpy (the demo character, 64x64, 6 frames, 2
+steps); exports run the add-on's command line in child processes, generation runs in Generator
+actors loading a make-tiny folder. One cluster serves the whole module; each fresh actor costs
+a Python with torch (~10-20 s on a busy 2-core machine), so the tests keep to three of them.
 """
 
 from __future__ import annotations
@@ -34,6 +34,16 @@ BEFORE_FRAMES = ("loading", "preparing", "reference", "denoising")
 
 
 @pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A make-tiny pipeline folder: actors load it from disk, as they would a real model."""
+    from animate_backend.__main__ import main
+
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    assert main(["make-tiny", "--out", str(folder)]) == 0
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
@@ -59,11 +69,11 @@ def log_records(job_dir: Path, kind: str) -> list[dict]:
     return [record for record in records if record.get("type") == kind]
 
 
-def options(out: Path) -> FarmOptions:
-    return FarmOptions(out=out, model="tiny", shot_options=SHOT_OPTIONS, poll_s=0.2)
+def options(out: Path, model: str) -> FarmOptions:
+    return FarmOptions(out=out, model=model, shot_options=SHOT_OPTIONS, poll_s=0.2)
 
 
-def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(cluster, tmp_path):
+def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(cluster, tiny_model, tmp_path):
     save_shot(tmp_path / "sh010.blend")
     shutil.copy(tmp_path / "sh010.blend", tmp_path / "sh020.blend")  # the same shot: the same pictures
     save_shot(tmp_path / "sh030.blend", camera=False)
@@ -81,7 +91,7 @@ def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(clust
             os.kill(sh020.worker_pid, signal.SIGKILL)
 
     messages: list[str] = []
-    states = run_farm(make_shots(out, [], listing), options(out), kill_during_sh020, messages.append)
+    states = run_farm(make_shots(out, [], listing), options(out, tiny_model), kill_during_sh020, messages.append)
 
     sh010, sh020, sh030 = states
     assert [s.status for s in states] == ["done", "done", "failed"], messages
@@ -113,7 +123,7 @@ def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(clust
     kept = {i: paths.frame(i).stat().st_mtime_ns for i in range(FRAMES // 2)}
     for i in range(FRAMES // 2, FRAMES):
         paths.frame(i).unlink()
-    rerun = run_farm(make_shots(out, [tmp_path / "sh010.blend", tmp_path / "sh020.blend"]), options(out))
+    rerun = run_farm(make_shots(out, [tmp_path / "sh010.blend", tmp_path / "sh020.blend"]), options(out, tiny_model))
 
     assert [s.status for s in rerun] == ["skipped", "done"]
     result = json.loads(paths.result.read_text())
@@ -143,7 +153,7 @@ def test_ctrl_c_stops_a_running_export(cluster, tmp_path):
         if states[0].status == "exporting" and _processes_with(str(blend)):
             raise KeyboardInterrupt
 
-    states = run_farm(make_shots(tmp_path / "renders", [blend]), options(tmp_path / "renders"),
+    states = run_farm(make_shots(tmp_path / "renders", [blend]), options(tmp_path / "renders", "tiny"),
                       interrupt_once_blender_runs)
 
     assert (states[0].status, states[0].detail) == ("cancelled", "cancelled while exporting")
