@@ -20,9 +20,9 @@ It exports the job folder (--out), runs the backend synchronously
 (`<backend python> -m animate_backend run`, see backend_runner), optionally imports the
 video into the scene and saves the .blend. Farms that generate on other machines split
 this in two: --export-only writes the job folder, and after generation --import-only
-imports it (--save-as PATH keeps the shot itself untouched). Exit code 0 on success, 1 with a one-line
-"error: ..." on stderr on failure, 2 for bad arguments. The last line on stdout names
-the video written.
+imports it (--save-as PATH keeps the shot itself untouched). Exit code 0 on success, 1
+with a one-line "error: ..." on stderr on failure, 2 for bad arguments. The last line on
+stdout names the video written.
 """
 
 from __future__ import annotations
@@ -387,6 +387,8 @@ def import_shot(scene, job_dir: str | Path, import_mode: str, camera_name: str =
             f"(python -m animate_backend run {paths.root})"
         ) from exc
     camera = bpy.data.objects.get(camera_name) if camera_name else scene.camera
+    if camera_name and camera is None:
+        raise AddonError(f"there is no object called '{camera_name}'; pick the camera to import the result for")
     imported = import_result(scene, paths.root, import_mode.upper(), camera=camera)
     label_untrained(imported, result)
     return ShotOutcome(paths.root, result, getattr(imported, "name", "") or "")

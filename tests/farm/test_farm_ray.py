@@ -161,3 +161,19 @@ def test_ctrl_c_stops_a_running_export(cluster, tmp_path):
     while _processes_with(str(blend)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_with(str(blend)), "the export's Blender process outlived the cancel"
+
+
+def test_ctrl_c_stops_a_running_generation_cleanly(cluster, tiny_model, tmp_path):
+    blend = save_shot(tmp_path / "sh050.blend")
+    out = tmp_path / "renders"
+
+    def interrupt_once_generating(states):
+        if states[0].status == "generating" and states[0].stage in BEFORE_FRAMES:
+            raise KeyboardInterrupt
+
+    states = run_farm(make_shots(out, [blend]), options(out, tiny_model), interrupt_once_generating)
+
+    assert (states[0].status, states[0].detail) == ("cancelled", "cancelled; the frames made so far are kept")
+    # The job runner was told to stop (not killed): it logged the cancel and left no result behind.
+    assert [r["type"] for r in log_records(out / "sh050", "cancelled")] == ["cancelled"]
+    assert not JobPaths(out / "sh050").result.exists()
