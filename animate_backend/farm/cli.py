@@ -12,7 +12,6 @@ Progress goes to stderr, the summary table to stdout. Exit code 0 when every sho
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from animate_backend.farm.shots import FarmError, check_options, make_shots
@@ -76,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("shots", nargs="*", metavar="SHOT.blend", help="the shots' .blend files")
     p.add_argument("--shot-list", metavar="FILE",
                    help="a text file, one shot a line: a .blend (relative to the file) and that shot's own options")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder of the job folders, one per shot (OUT/<shot name>)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder of the job folders, one per shot (OUT/<shot name>)")
     p.add_argument("--model", metavar="DIR",
                    help='the pipeline folder, readable on every node; "tiny" = the untrained test model')
     p.add_argument("--address", metavar="ADDRESS",

@@ -19,6 +19,7 @@ Faults:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -117,15 +118,20 @@ def _check_cpus(cpus: int) -> None:
         raise FarmError(f"--cpus-per-actor {cpus} is more than any node of the cluster has ({largest:g} CPUs)")
 
 
-def make_generator(gpu: bool, cpus: int):
-    """A fresh Generator actor: one GPU each, or `cpus` CPUs (and as many torch threads)."""
+@functools.lru_cache(maxsize=None)
+def _generator_class():
     import ray
 
     from animate_backend.farm.workers import Generator
 
+    return ray.remote(Generator)
+
+
+def make_generator(gpu: bool, cpus: int):
+    """A fresh Generator actor: one GPU each, or `cpus` CPUs (and as many torch threads)."""
     # max_concurrency=2: progress() and cancel() are answered while run() works.
     # No automatic restarts: a lost actor is replaced by the driver, which also requeues its job.
-    actor = ray.remote(Generator).options(
+    actor = _generator_class().options(
         num_gpus=1 if gpu else 0, num_cpus=1 if gpu else cpus, max_concurrency=2, max_restarts=0,
     )
     return actor.remote(0 if gpu else cpus)
@@ -157,7 +163,6 @@ class Farm:
         self.queue: list[ShotState] = []
         self.slots: list[_Slot | None] = []
         self.gpu = False
-        self.started = time.monotonic()
         self.cancelled = False
         self._prepared = False
 
@@ -246,7 +251,9 @@ class Farm:
     def _export_finished(self, state: ShotState, outcome: dict[str, Any]) -> None:
         if outcome["ok"]:
             try:
-                state.frames_total = shot_files.remember_export(state.shot.job_dir, state.blend_sha256, state.fingerprint)
+                state.frames_total = shot_files.remember_export(
+                    state.shot.job_dir, state.blend_sha256, state.fingerprint
+                )
             except PoseBridgeError as exc:
                 self._fail(state, f"export wrote an unreadable job folder: {exc}")
                 return
@@ -303,7 +310,9 @@ class Farm:
             slot.state.worker += f" (GPU {','.join(identity['gpus'])})"
         slot.state.worker_pid = int(identity["pid"])
 
-    def _generation_finished(self, index: int, slot: _Slot, outcome: dict[str, Any] | None, lost: BaseException | None) -> None:
+    def _generation_finished(
+        self, index: int, slot: _Slot, outcome: dict[str, Any] | None, lost: BaseException | None
+    ) -> None:
         state = slot.state
         assert state is not None
         slot.state = slot.run_ref = slot.progress_ref = None

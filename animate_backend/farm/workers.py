@@ -65,7 +65,9 @@ def _error_line(lines: deque[str]) -> str:
 
 
 @ray.remote(num_cpus=1, max_retries=2)
-def export_shot(blend: str, cli_args: list[str], blender: str = "", python: str = "", addon_cli: str = "") -> dict[str, Any]:
+def export_shot(
+    blend: str, cli_args: list[str], blender: str = "", python: str = "", addon_cli: str = ""
+) -> dict[str, Any]:
     """Export one shot; returns {"ok", "returncode", "error", "lost", "host", "command"}.
 
     "lost" is True when the export was killed by a signal (the machine, not the shot, failed):

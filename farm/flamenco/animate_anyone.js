@@ -36,7 +36,8 @@ const JOB_TYPE = {
         { key: "model", type: "string", subtype: "dir_path", required: true, visible: "submission",
           description: "The Animate Anyone pipeline folder, as the GPU workers see it" },
         { key: "addon_cli", type: "string", subtype: "file_path", required: true, visible: "submission",
-          description: "The add-on's cli.py as the workers see it (e.g. .../extensions/user_default/animate_anyone/cli.py)" },
+          description: "The add-on's cli.py as the workers see it "
+                     + "(e.g. .../extensions/user_default/animate_anyone/cli.py)" },
         { key: "backend_python", type: "string", subtype: "file_path", required: true, visible: "submission",
           default: "python",
           description: "The Python of the backend environment on the GPU workers (with torch and animate_backend)" },
