@@ -188,3 +188,27 @@ def test_missing_and_done_shots_are_sorted_out_before_any_cluster_starts(tmp_pat
     # Other options make the same file a new shot.
     other = Farm(make_shots(tmp_path / "renders", [blend]), FarmOptions(out=options.out, model="tiny"))
     assert other.prepare() is True and other.states[0].status == "pending"
+
+
+def test_the_farm_command_prints_a_table_and_exits_1_when_a_shot_failed(tmp_path, capsys):
+    pytest.importorskip("ray")
+    blend = tmp_path / "sh010.blend"
+    blend.write_bytes(b"BLENDER-v500 a shot")
+    job = tmp_path / "renders" / "sh010"
+    _exported_job(job)
+    shot = make_shots(tmp_path / "renders", [blend])[0]
+    from animate_backend.farm.shots import file_sha256
+
+    remember_export(job, file_sha256(blend), options_fingerprint("tiny", [], shot))
+    remember_result(job, _generated(job))
+
+    # Every shot is done or missing: nothing to run, so no Ray cluster is started at all.
+    code = backend_main(["farm", str(blend), str(tmp_path / "gone.blend"), "--out", str(tmp_path / "renders"),
+                         "--model", "tiny"])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "gone: FAILED: " in err and "does not exist; check the shot list" in err
+    table = out.splitlines()
+    assert table[1].split()[:2] == ["sh010", "skipped"] and table[2].split()[:2] == ["gone", "FAILED"]
+    assert table[-1] == "2 shot(s): 0 done, 1 skipped, 1 failed"
