@@ -77,8 +77,10 @@ def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(clust
     save_shot(tmp_path / "sh010.blend")
     shutil.copy(tmp_path / "sh010.blend", tmp_path / "sh020.blend")  # the same shot: the same pictures
     save_shot(tmp_path / "sh030.blend", camera=False)
+    # Options given for every shot (SHOT_OPTIONS) and per shot (here --context-overlap).
+    lines = ["sh010.blend --context-overlap 2", "sh020.blend --context-overlap 2", "sh030.blend   # no camera: fails"]
     listing = tmp_path / "shots.txt"
-    listing.write_text("sh010.blend\nsh020.blend\nsh030.blend   # no camera: fails\n")
+    listing.write_text("\n".join(lines) + "\n")
     out = tmp_path / "renders"
 
     # Kill the actor while it generates sh020, before any frame is written.
@@ -106,6 +108,8 @@ def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(clust
     # The job folders are what `python -m animate_backend run` writes.
     for state in (sh010, sh020):
         paths = JobPaths(state.shot.job_dir)
+        settings = json.loads(paths.settings.read_text())
+        assert (settings["steps"], settings["context_overlap"], settings["model"]) == (2, 2, tiny_model)
         result = json.loads(paths.result.read_text())
         assert result["format"] == "animate_backend.result" and result["frames"] == FRAMES and result["untrained"]
         assert paths.video.stat().st_size > 0 and state.detail == f"{paths.video} (UNTRAINED model)"
@@ -123,7 +127,8 @@ def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(clust
     kept = {i: paths.frame(i).stat().st_mtime_ns for i in range(FRAMES // 2)}
     for i in range(FRAMES // 2, FRAMES):
         paths.frame(i).unlink()
-    rerun = run_farm(make_shots(out, [tmp_path / "sh010.blend", tmp_path / "sh020.blend"]), options(out, tiny_model))
+    listing.write_text("\n".join(lines[:2]) + "\n")
+    rerun = run_farm(make_shots(out, [], listing), options(out, tiny_model))
 
     assert [s.status for s in rerun] == ["skipped", "done"]
     result = json.loads(paths.result.read_text())
