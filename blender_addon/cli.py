@@ -18,9 +18,11 @@ Without Blender, through the bpy module (pip install bpy):
 
 It exports the job folder (--out), runs the backend synchronously
 (`<backend python> -m animate_backend run`, see backend_runner), optionally imports the
-video into the scene and saves the .blend. Exit code 0 on success, 1 with a one-line
-"error: ..." on stderr on failure, 2 for bad arguments. The last line on stdout names
-the video written.
+video into the scene and saves the .blend. Farms that generate on other machines split
+this in two: --export-only writes the job folder, and after generation --import-only
+imports it (--save-as PATH keeps the shot itself untouched). Exit code 0 on success, 1
+with a one-line "error: ..." on stderr on failure, 2 for bad arguments. The last line on
+stdout names the video written.
 """
 
 from __future__ import annotations
@@ -165,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="the job folder to write (the video goes into DIR/out)")
     add_job_arguments(parser)
+    # For farms that generate elsewhere (Flamenco's GPU workers): bring an already generated job
+    # into the shot, and save the result beside the shot instead of over it.
+    parser.add_argument("--import-only", action="store_true",
+                        help="import the result already in DIR (no export, no backend run); needs --import")
+    parser.add_argument("--save-as", metavar="PATH", help="save a copy of the .blend at PATH afterwards")
     return parser
 
 
@@ -370,6 +377,54 @@ def run_shot(
     return outcome
 
 
+def import_shot(scene, job_dir: str | Path, import_mode: str, camera_name: str = "") -> ShotOutcome:
+    """Import the result of a job generated before (--import-only): no export, no backend run."""
+    import json
+
+    import bpy
+
+    from pose_bridge.job import JobPaths
+
+    from .importing import import_result
+
+    paths = JobPaths(Path(job_dir).expanduser().resolve())
+    if import_mode == "none":
+        raise AddonError("--import-only needs --import plane, strip or compositor")
+    try:
+        result = json.loads(paths.result.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AddonError(
+            f"{paths.result} is missing or unreadable: generate the job first "
+            f"(python -m animate_backend run {paths.root})"
+        ) from exc
+    camera = bpy.data.objects.get(camera_name) if camera_name else scene.camera
+    if camera_name and camera is None:
+        raise AddonError(f"there is no object called '{camera_name}'; pick the camera to import the result for")
+    imported = import_result(scene, paths.root, import_mode.upper(), camera=camera)
+    label_untrained(imported, result)
+    return ShotOutcome(paths.root, result, getattr(imported, "name", "") or "")
+
+
+def save_open_file() -> None:
+    import bpy
+
+    if not bpy.data.filepath:
+        raise AddonError("--save needs a .blend that was saved before (this one has no file name)")
+    bpy.ops.wm.save_mainfile(filepath=bpy.data.filepath)
+
+
+def save_copy(path: str | Path) -> Path:
+    """Save the open file's content at path (the open file itself stays as it is on disk)."""
+    import bpy
+
+    path = Path(path).expanduser().resolve()
+    if path.suffix != ".blend":
+        raise AddonError(f"--save-as takes a .blend path, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.wm.save_as_mainfile(filepath=str(path), copy=True)
+    return path
+
+
 def one_line(exc: BaseException) -> str:
     """An error as one line: the lines of a multi-line message (a list of problems) joined with '; '."""
     lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
@@ -403,11 +458,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.blend:
             open_blend(args.blend)
         scene = pick_scene(args.scene)
-        options = options_from_args(args, scene, given)
-        outcome = run_shot(
-            scene, options, args.out, import_mode=import_mode_of(args, scene, given), save=args.save,
-            export_only=args.export_only, backend_python=args.backend_python, on_line=backend_printer(args.quiet),
-        )
+        if args.import_only:
+            if args.export_only:
+                raise AddonError("--import-only and --export-only exclude each other: leave one out")
+            outcome = import_shot(scene, args.out, import_mode_of(args, scene, given), args.camera)
+            if args.save:
+                save_open_file()
+        else:
+            options = options_from_args(args, scene, given)
+            outcome = run_shot(
+                scene, options, args.out, import_mode=import_mode_of(args, scene, given), save=args.save,
+                export_only=args.export_only, backend_python=args.backend_python,
+                on_line=backend_printer(args.quiet),
+            )
+        if args.save_as:
+            print(f"saved: {save_copy(args.save_as)}", flush=True)
     except (AddonError, PoseBridgeError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         return 1

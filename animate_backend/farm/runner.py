@@ -1,0 +1,516 @@
+"""The driver: runs a shot list on a Ray cluster, with retries, progress and a clean Ctrl-C.
+
+Each shot goes pending -> exporting -> queued -> generating -> done, or ends as skipped
+(done before), failed (with the reason) or cancelled. Exports are Ray tasks (one CPU each);
+generation goes to `Generator` actors, one per GPU (or `actors` CPU-only ones), created when
+the first job is ready for them and kept for the whole list so that each loads its model once.
+
+Faults:
+- an actor that dies while generating (process killed, node lost) is replaced by a fresh one
+  and the job is queued again, up to `retries` times; the job folder keeps the frames (and the
+  saved latents) the lost attempt finished, so the retry only makes what is missing;
+- an export killed by a signal is tried again the same way; Ray itself retries an export
+  whose worker process dies;
+- a failure the shot itself causes (a bad rig, no camera, bad settings, missing weights, out
+  of memory, a bug) is reported once and never retried: it would fail the same way;
+- Ctrl-C cancels: running exports are stopped, running generations stop within one denoising
+  window (frames already written are kept for the next run), the actors are ended.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pose_bridge.errors import PoseBridgeError
+from pose_bridge.job import read_settings
+
+from animate_backend.farm import shots as shot_files
+from animate_backend.farm.shots import Shot
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = ("done", "skipped", "failed", "cancelled")
+# Seconds to wait for running generations to stop after a Ctrl-C before ending their actors.
+CANCEL_GRACE_S = 30.0
+
+
+@dataclass
+class FarmOptions:
+    """How to run a shot list; everything but `model` and `out` has a working default."""
+
+    out: Path
+    model: str
+    shot_options: list[str] = field(default_factory=list)  # blender_addon.cli options for every shot
+    address: str | None = None  # None: start a local Ray; "auto": join the cluster started with `ray start`
+    blender: str = ""  # a Blender executable for exports (default: the bpy module of the workers' Python)
+    blender_python: str = ""  # the Python with the bpy module (default: the workers' own)
+    addon_cli: str = ""  # cli.py for `blender -P` (default: the installed blender_addon's)
+    actors: int = 0  # generation actors; 0: one per GPU in the cluster, or one CPU actor without GPUs
+    cpus_per_actor: int = 1  # CPUs a CPU-only actor reserves (and its torch threads)
+    retries: int = 2  # extra attempts after a lost worker
+    poll_s: float = 0.5  # how often progress is read from the actors
+    worker_logs: bool = False  # show the workers' own output in this terminal
+
+
+@dataclass
+class ShotState:
+    """Where one shot stands; `on_update` callbacks get the list of these."""
+
+    shot: Shot
+    status: str = "pending"  # pending, exporting, queued, generating, done, skipped, failed, cancelled
+    detail: str = ""  # the video written, or why the shot failed
+    stage: str = ""  # the backend's stage while generating (loading, denoising, decoding...)
+    frames_total: int | None = None
+    frames_done: int = 0
+    attempts: int = 0  # generation attempts started
+    export_attempts: int = 0
+    worker: str = ""  # "pid 1234 on host" of the actor generating it
+    worker_pid: int | None = None
+    seconds: float = 0.0  # generation time of the attempt that finished
+    blend_sha256: str = ""
+    fingerprint: str = ""
+    result: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.shot.name
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+UpdateCallback = Callable[[list[ShotState]], None]
+
+
+@dataclass
+class _Slot:
+    """One generation actor and what it is doing."""
+
+    handle: Any
+    identity_ref: Any = None
+    identity: dict[str, Any] | None = None  # {"pid", "host", "gpus"} once the actor has answered
+    state: ShotState | None = None
+    run_ref: Any = None
+    progress_ref: Any = None
+    started: float = 0.0
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def _check_cpus(cpus: int) -> None:
+    """A CPU-only actor must fit on one node, or it would wait for room forever."""
+    import ray
+
+    from animate_backend.farm.shots import FarmError
+
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if cpus > largest:
+        raise FarmError(f"--cpus-per-actor {cpus} is more than any node of the cluster has ({largest:g} CPUs)")
+
+
+@functools.lru_cache(maxsize=None)
+def _generator_class():
+    import ray
+
+    from animate_backend.farm.workers import Generator
+
+    return ray.remote(Generator)
+
+
+def make_generator(gpu: bool, cpus: int):
+    """A fresh Generator actor: one GPU each, or `cpus` CPUs (and as many torch threads)."""
+    # max_concurrency=2: progress() and cancel() are answered while run() works.
+    # No automatic restarts: a lost actor is replaced by the driver, which also requeues its job.
+    actor = _generator_class().options(
+        num_gpus=1 if gpu else 0, num_cpus=1 if gpu else cpus, max_concurrency=2, max_restarts=0,
+    )
+    return actor.remote(0 if gpu else cpus)
+
+
+def _lost(exc: BaseException) -> bool:
+    """True when a Ray error means the worker was lost (not that the job failed)."""
+    import ray.exceptions as rex
+
+    lost_types = tuple(
+        getattr(rex, name) for name in ("RayActorError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError")
+        if hasattr(rex, name)
+    )
+    return isinstance(exc, lost_types)
+
+
+class Farm:
+    """One run of a shot list on the Ray cluster that is already initialised."""
+
+    def __init__(
+        self, shots: list[Shot], options: FarmOptions, on_update: UpdateCallback | None = None,
+        on_message: Callable[[str], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.states = [ShotState(shot) for shot in shots]
+        self.on_update = on_update or (lambda states: None)
+        self.on_message = on_message or logger.info
+        self.exports: dict[Any, ShotState] = {}  # export ref -> shot
+        self.queue: list[ShotState] = []
+        self.slots: list[_Slot | None] = []
+        self.gpu = False
+        self.cancelled = False
+        self._prepared = False
+
+    # ------------------------------------------------------------------ the whole run
+
+    def prepare(self) -> bool:
+        """Sort out the shots that need no cluster (missing files, done before); True if any is left.
+
+        Needs no Ray: a list whose shots are all done does not start one.
+        """
+        if not self._prepared:
+            for state in self.states:
+                self._check(state)
+            self._prepared = True
+            self._notify()
+        return not all(state.finished for state in self.states)
+
+    def run(self) -> list[ShotState]:
+        """Run every shot to its end on the Ray cluster this process is connected to."""
+        self.prepare()
+        self.gpu = cluster_gpus() > 0
+        if not self.gpu:
+            _check_cpus(self.options.cpus_per_actor)
+        count = self.options.actors or (cluster_gpus() if self.gpu else 1)
+        self.slots = [None] * max(1, count)
+        try:
+            for state in self.states:
+                if state.status == "pending":
+                    self._start(state)
+            self._notify()
+            while not all(state.finished for state in self.states):
+                self._assign()
+                self._wait()
+                self._assign()  # at once, not after the next wait
+                self._poll_progress()
+                self._notify()
+        except KeyboardInterrupt:
+            self.cancel()
+        finally:
+            self._end_actors()
+        self._notify()
+        return self.states
+
+    def _notify(self) -> None:
+        self.on_update(self.states)
+
+    def _say(self, message: str) -> None:
+        """A line for the terminal: a shot exported, done, failed, retried."""
+        self.on_message(message)
+
+    # ------------------------------------------------------------------ exports
+
+    def _check(self, state: ShotState) -> None:
+        """Fail a shot whose file is missing; skip one done before with the same file and options."""
+        shot = state.shot
+        if not shot.blend.is_file():
+            self._fail(state, f"{shot.blend} does not exist; check the shot list ({shot.origin})")
+            return
+        state.blend_sha256 = shot_files.file_sha256(shot.blend)
+        state.fingerprint = shot_files.options_fingerprint(self.options.model, self.options.shot_options, shot)
+        result = shot_files.finished_result(shot.job_dir, state.blend_sha256, state.fingerprint)
+        if result is not None:
+            state.status, state.result = "skipped", result
+            state.frames_total = state.frames_done = int(result["frames"])
+            state.detail = f"done before with the same file and options: {_where(shot.job_dir, result)}"
+
+    def _start(self, state: ShotState) -> None:
+        """Queue a shot whose export is current (its job folder keeps the frames made); export the others."""
+        if shot_files.export_is_current(state.shot.job_dir, state.blend_sha256, state.fingerprint):
+            state.frames_total = read_settings(state.shot.job_dir).num_frames
+            self._queue(state)
+        else:
+            self._export(state)
+
+    def _export(self, state: ShotState) -> None:
+        from animate_backend.farm.workers import export_shot
+
+        opts = self.options
+        model = ["--model", opts.model] if opts.model else []  # else each shot names its own
+        cli_args = ["--out", str(state.shot.job_dir), "--export-only", *model,
+                    *opts.shot_options, *state.shot.options, "--quiet"]
+        state.status, state.export_attempts = "exporting", state.export_attempts + 1
+        ref = export_shot.remote(str(state.shot.blend), cli_args, opts.blender, opts.blender_python, opts.addon_cli)
+        self.exports[ref] = state
+
+    def _export_finished(self, state: ShotState, outcome: dict[str, Any]) -> None:
+        if outcome["ok"]:
+            try:
+                state.frames_total = shot_files.remember_export(
+                    state.shot.job_dir, state.blend_sha256, state.fingerprint
+                )
+            except PoseBridgeError as exc:
+                self._fail(state, f"export wrote an unreadable job folder: {exc}")
+                return
+            self._say(f"{state.name}: exported ({state.frames_total} frames) on {outcome['host']}")
+            self._queue(state)
+        elif outcome["lost"] and state.export_attempts <= self.options.retries:
+            self._say(f"{state.name}: export killed ({outcome['error']}); trying again")
+            self._export(state)
+        else:
+            self._fail(state, f"export: {outcome['error']}")
+
+    # ------------------------------------------------------------------ generation
+
+    def _queue(self, state: ShotState, front: bool = False) -> None:
+        state.status, state.stage, state.worker, state.worker_pid = "queued", "", "", None
+        if front:
+            self.queue.insert(0, state)
+        else:
+            self.queue.append(state)
+
+    def _slot(self, index: int) -> _Slot:
+        """The actor of slot index, started now if it has none (it loads its model on its first job)."""
+        slot = self.slots[index]
+        if slot is None:
+            handle = make_generator(self.gpu, self.options.cpus_per_actor)
+            # Asked now, read when it has answered: waiting here would hang on an actor that
+            # cannot be placed yet (more actors asked for than the cluster has room for).
+            slot = self.slots[index] = _Slot(handle, identity_ref=handle.identity.remote())
+        return slot
+
+    def _assign(self) -> None:
+        """Give queued jobs to idle actors (starting actors as they are first needed)."""
+        for index in range(len(self.slots)):
+            if not self.queue:
+                return
+            current = self.slots[index]
+            if current is not None and current.state is not None:
+                continue
+            slot = self._slot(index)
+            state = self.queue.pop(0)
+            state.status, state.attempts = "generating", state.attempts + 1
+            state.frames_done, state.stage = 0, "starting"
+            slot.state, slot.started = state, time.monotonic()
+            self._show_worker(slot)
+            slot.run_ref = slot.handle.run.remote(str(state.shot.job_dir))
+
+    @staticmethod
+    def _show_worker(slot: _Slot) -> None:
+        if slot.state is None or slot.identity is None:
+            return
+        identity = slot.identity
+        slot.state.worker = f"pid {identity['pid']} on {identity['host']}"
+        if identity.get("gpus"):
+            slot.state.worker += f" (GPU {','.join(identity['gpus'])})"
+        slot.state.worker_pid = int(identity["pid"])
+
+    def _generation_finished(
+        self, index: int, slot: _Slot, outcome: dict[str, Any] | None, lost: BaseException | None
+    ) -> None:
+        state = slot.state
+        assert state is not None
+        slot.state = slot.run_ref = slot.progress_ref = None
+        if lost is not None:
+            self.slots[index] = None  # the actor is gone: a fresh one is started for the next job
+            self._kill(slot)
+            if self.cancelled:
+                state.status, state.detail = "cancelled", "cancelled while generating"
+            elif state.attempts <= self.options.retries:
+                self._say(f"{state.name}: the worker generating it was lost ({state.worker}: {_first_line(lost)}); "
+                     f"retrying on a fresh one, keeping the frames already made (attempt {state.attempts + 1})")
+                self._queue(state, front=True)
+            else:
+                self._fail(state, f"the worker generating it was lost {state.attempts} times "
+                                  f"(last: {state.worker}: {_first_line(lost)})")
+            return
+        assert outcome is not None
+        if outcome["ok"]:
+            result = outcome["result"]
+            state.status, state.result = "done", result
+            state.seconds = time.monotonic() - slot.started
+            state.frames_total = state.frames_done = int(result["frames"])
+            state.detail = _where(state.shot.job_dir, result)
+            try:
+                shot_files.remember_result(state.shot.job_dir, result)
+            except PoseBridgeError as exc:  # the video is there; only the next run's skip is lost
+                logger.warning("%s: could not record the result in job.json (%s)", state.name, exc)
+            self._say(f"{state.name}: done in {state.seconds:.1f} s: {state.detail}")
+        elif outcome["kind"] == "cancelled":
+            state.status, state.detail = "cancelled", "cancelled; the frames made so far are kept"
+        else:
+            self._fail(state, outcome["message"] if outcome["user_error"] else f"internal error: {outcome['message']}")
+
+    # ------------------------------------------------------------------ waiting
+
+    def _running(self) -> list[tuple[int, _Slot]]:
+        return [(i, slot) for i, slot in enumerate(self.slots) if slot is not None and slot.run_ref is not None]
+
+    def _wait(self) -> None:
+        """Wait up to poll_s for exports or generations to finish, and handle those that did."""
+        import ray
+
+        refs = list(self.exports) + [slot.run_ref for _, slot in self._running()]
+        if not refs:
+            if not all(state.finished for state in self.states) and not self.queue:
+                raise RuntimeError("farm bookkeeping: shots are neither running nor queued")
+            return
+        ready, _ = ray.wait(refs, num_returns=1, timeout=self.options.poll_s)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            if ref in self.exports:
+                state = self.exports.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as exc:  # the task failed in Ray itself (all its retries used)
+                    self._fail(state, f"export: the worker running it failed ({_first_line(exc)})")
+                    continue
+                self._export_finished(state, outcome)
+                continue
+            for index, slot in self._running():
+                if slot.run_ref == ref:
+                    try:
+                        outcome, lost = ray.get(ref), None
+                    except Exception as exc:
+                        if not _lost(exc):
+                            raise
+                        outcome, lost = None, exc
+                    self._generation_finished(index, slot, outcome, lost)
+                    break
+
+    def _poll_progress(self) -> None:
+        """Read each busy actor's progress (without waiting for a slow answer)."""
+        import ray
+
+        for _, slot in self._running():
+            if slot.identity is None and slot.identity_ref is not None:
+                if ray.wait([slot.identity_ref], timeout=0)[0]:
+                    try:
+                        slot.identity = ray.get(slot.identity_ref)
+                    except Exception:  # the actor died; its run ref says so
+                        slot.identity_ref = None
+                    self._show_worker(slot)
+            if slot.progress_ref is not None:
+                done, _ = ray.wait([slot.progress_ref], timeout=0)
+                if not done:
+                    continue
+                try:
+                    progress = ray.get(slot.progress_ref)
+                except Exception:  # the actor died; its run ref says so
+                    progress = {}
+                slot.progress_ref = None
+                state = slot.state
+                if state is not None and progress.get("job_dir") == str(state.shot.job_dir):
+                    state.stage = progress.get("stage") or state.stage
+                    state.frames_done = int(progress.get("frames_done") or 0)
+                    if progress.get("frames_total"):
+                        state.frames_total = int(progress["frames_total"])
+            slot.progress_ref = slot.handle.progress.remote()
+
+    # ------------------------------------------------------------------ endings
+
+    def _fail(self, state: ShotState, reason: str) -> None:
+        state.status, state.detail = "failed", _one_line(reason)
+        self._say(f"{state.name}: FAILED: {state.detail}")
+
+    def cancel(self) -> None:
+        """Stop everything: exports at once, generations within one denoising window."""
+        import ray
+
+        self.cancelled = True
+        self._say("cancelling: stopping exports and generations (Ctrl-C again to stop at once)")
+        for ref, state in list(self.exports.items()):
+            ray.cancel(ref)  # raises KeyboardInterrupt in the task, which stops Blender
+            state.status, state.detail = "cancelled", "cancelled while exporting"
+        self.exports.clear()
+        for state in self.queue:
+            state.status, state.detail = "cancelled", "cancelled before generating"
+        self.queue.clear()
+        running = self._running()
+        for _, slot in running:
+            slot.handle.cancel.remote()
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        try:
+            for index, slot in running:
+                ready, _ = ray.wait([slot.run_ref], timeout=max(0.0, deadline - time.monotonic()))
+                try:
+                    outcome = ray.get(ready[0]) if ready else None
+                except Exception as exc:
+                    if not _lost(exc):
+                        raise
+                    outcome = None
+                if outcome is not None and outcome.get("ok"):  # it finished before the cancel arrived
+                    self._generation_finished(index, slot, outcome, None)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; the actors are ended right away
+            pass
+        for state in self.states:
+            if not state.finished:
+                state.status = "cancelled"
+                state.detail = state.detail or "cancelled; the frames made so far are kept"
+
+    def _kill(self, slot: _Slot) -> None:
+        import ray
+
+        try:
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+    def _end_actors(self) -> None:
+        for index, slot in enumerate(self.slots):
+            if slot is not None:
+                self._kill(slot)
+                self.slots[index] = None
+
+
+def run_farm(
+    shots: list[Shot], options: FarmOptions, on_update: UpdateCallback | None = None,
+    on_message: Callable[[str], None] | None = None,
+) -> list[ShotState]:
+    """Run the shots on Ray and return their final states.
+
+    Joins options.address ("auto" for the cluster of `ray start --head`); with no address and
+    no Ray initialised in this process, starts a local one and shuts it down afterwards.
+    """
+    import ray
+
+    farm = Farm(shots, options, on_update, on_message)
+    if not farm.prepare():
+        return farm.states
+    started_here = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"log_to_driver": options.worker_logs, "include_dashboard": False}
+        if options.address:
+            kwargs["address"] = options.address
+        ray.init(**kwargs)
+        started_here = True
+    try:
+        return farm.run()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _where(job_dir: Path, result: dict[str, Any]) -> str:
+    video = result.get("video")
+    where = str(job_dir / video) if video else str(job_dir / "out" / "frames")
+    return where + (" (UNTRAINED model)" if result.get("untrained") else "")
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip().removeprefix("- ") for line in str(text).splitlines() if line.strip()]
+    return "; ".join(lines) if lines else "unknown error"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
