@@ -11,8 +11,10 @@ into its `out/` folder:
     out/result.json           written last (see `run_job` for its fields)
 
 Reruns keep finished work. Every run computes a fingerprint of everything that changes the
-pictures (the generation settings, reference.png, poses.json and, when retargeting,
-reference_pose.json); fps, output kinds, device and precision are not part of it. Frames left
+pictures: the generation settings, the model's content (loading.model_digest: re-converting
+or retraining into the same folder counts as another model), the kind of device and the
+precision it runs in, reference.png, poses.json and, when retargeting, reference_pose.json.
+fps and output kinds are not part of it. Frames left
 by a run with the same fingerprint are kept and only missing frames are made: when the saved
 latents match, only those frames are decoded (no denoising at all); when every frame exists,
 only the video and result.json are (re)written. Outputs of a run with another fingerprint are
@@ -59,8 +61,9 @@ logger = logging.getLogger(__name__)
 RESULT_FORMAT = "animate_backend.result"
 RESULT_VERSION = 1
 REFERENCE_POSE_FILE = "reference_pose.json"
-# Settings that change the pictures; the others (fps, output kinds, device, precision,
-# provenance) can change between runs without making finished frames stale.
+# Settings that change the pictures; the others (fps, output kinds, provenance) can change
+# between runs without making finished frames stale. device and precision count through
+# what they resolve to (loading.compute_kind), so "auto" and "fp32" on a CPU are the same.
 FINGERPRINT_SETTINGS = (
     "model", "width", "height", "frame_start", "frame_end", "steps", "guidance_scale", "seed",
     "context_frames", "context_overlap", "scheduler", "retarget", "draw_hands", "draw_face",
@@ -88,7 +91,8 @@ class _CachedPipeline:
 
 
 class PipelineCache:
-    """Loaded pipelines by (model, device, precision), so a server keeps its model between jobs.
+    """Loaded pipelines by (model, its content, device, precision), so a server keeps its model
+    between jobs, and loads it again when the folder's weights were replaced meanwhile.
 
     Only `max_loaded` pipelines stay loaded (one by default: a second full-size model rarely
     fits beside the first); the least recently used one is dropped to load another.
@@ -96,15 +100,18 @@ class PipelineCache:
 
     def __init__(self, max_loaded: int = 1) -> None:
         self.max_loaded = max_loaded
-        self._entries: OrderedDict[tuple[str, str, str], _CachedPipeline] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str, str], _CachedPipeline] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @staticmethod
-    def _key(model: str, device: str, precision: str) -> tuple[str, str, str]:
-        return (model if model == "tiny" else str(Path(model).expanduser().resolve()), device, precision)
+    def _key(model: str, device: str, precision: str) -> tuple[str, str, str, str]:
+        from animate_backend.loading import model_digest
+
+        folder = model if model == "tiny" else str(Path(model).expanduser().resolve())
+        return (folder, model_digest(model), device, precision)
 
     def is_loaded(self, model: str, device: str = "auto", precision: str = "auto") -> bool:
         return self._key(model, device, precision) in self._entries
@@ -231,8 +238,12 @@ def _file_digest(path: Path) -> str | None:
 
 def job_fingerprint(paths: JobPaths, settings: JobSettings) -> str:
     """A short hash of everything that changes the generated pictures."""
+    from animate_backend.loading import compute_kind, model_digest
+
     data = {
         "settings": {key: getattr(settings, key) for key in FINGERPRINT_SETTINGS},
+        "model_content": model_digest(settings.model),
+        "compute": list(compute_kind(settings.device, settings.precision)),
         "reference": _file_digest(paths.reference),
         "poses": _file_digest(paths.poses),
         "reference_pose": (

@@ -192,6 +192,44 @@ def test_changed_settings_make_old_frames_stale(tmp_path, pipelines):
     assert any(not np.array_equal(read_image(paths.frame(i)), old[i]) for i in range(2))
 
 
+def test_weights_replaced_in_the_same_folder_make_old_frames_stale(tmp_path):
+    """Re-converting, retraining or make-tiny --force into the model folder is another model:
+    the frames and latents of the old weights are not reused, and a cache loads the new ones."""
+    from animate_backend.tiny import make_tiny_pipeline, save_pipeline_folder
+
+    model = tmp_path / "model"
+    save_pipeline_folder(make_tiny_pipeline(seed=0), model)
+    paths = make_job(tmp_path / "job", frames=2, model=str(model))
+    cache = PipelineCache()
+    first = run_job(paths.root, pipelines=cache)
+    old = [read_image(paths.frame(i)) for i in range(2)]
+    assert run_job(paths.root, pipelines=cache)["frames_reused"] == 2  # nothing changed: kept
+
+    save_pipeline_folder(make_tiny_pipeline(seed=1), model, overwrite=True)  # same sizes, new weights
+    assert not cache.is_loaded(str(model), "cpu"), "the cache must not serve the old weights"
+    events: list[dict] = []
+    second = run_job(paths.root, pipelines=cache, on_event=events.append)
+
+    assert second["fingerprint"] != first["fingerprint"]
+    assert second["frames_generated"] == 2 and "denoising" in stages(events), "old latents are not reused"
+    assert any(not np.array_equal(read_image(paths.frame(i)), old[i]) for i in range(2))
+
+
+def test_another_precision_makes_old_frames_stale(tmp_path, pipelines):
+    paths = make_job(tmp_path / "job", frames=2, precision="fp32")
+    first = run_job(paths.root, pipelines=pipelines)
+    settings = json.loads(paths.settings.read_text())
+    settings["precision"] = "auto"  # fp32 on a CPU: the same computation, frames kept
+    paths.settings.write_text(json.dumps(settings))
+    assert run_job(paths.root, pipelines=pipelines)["frames_reused"] == 2
+
+    settings["precision"] = "bf16"
+    paths.settings.write_text(json.dumps(settings))
+    second = run_job(paths.root, pipelines=pipelines)
+    assert second["fingerprint"] != first["fingerprint"] and second["frames_generated"] == 2
+    assert second["dtype"] == "bfloat16"
+
+
 def test_a_failed_run_with_other_settings_leaves_the_finished_frames_alone(tmp_path, pipelines):
     paths = make_job(tmp_path / "job", frames=2)
     run_job(paths.root, pipelines=pipelines)
