@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from pose_bridge.job import DEVICES, PRECISIONS
 
@@ -63,12 +65,32 @@ class ProgressBars:
             self._bar = None
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a render farm stopping a task, `kill`) ends the run like Ctrl-C: recorded in the
+    job's log, temporary files removed, finished frames kept."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(args: argparse.Namespace) -> int:
     from animate_backend.job_runner import run_job
 
     bars = ProgressBars(enabled=not args.quiet)
     try:
-        result = run_job(args.job_dir, on_event=bars)
+        with _terminate_as_interrupt():
+            result = run_job(args.job_dir, on_event=bars)
     finally:
         bars.close()
     if result["untrained"]:

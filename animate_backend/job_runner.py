@@ -40,20 +40,21 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from animate_backend.errors import BackendError, CancelledError, InputError, OutOfMemoryError
 from animate_backend.events import EventCallback, ProgressTracker
-from pose_bridge.errors import PoseBridgeError
-from pose_bridge.job import JobPaths, JobSettings, write_json_atomic
+from pose_bridge.errors import JobError, PoseBridgeError
+from pose_bridge.files import atomic_path, remove_partial_files, write_json_atomic
+from pose_bridge.job import JobPaths, JobSettings
 from pose_bridge.keypoints import PoseSequence
 
 logger = logging.getLogger(__name__)
@@ -300,16 +301,9 @@ def save_latents(path: Path, latents, fingerprint: str) -> None:
     """Write the denoised latents with their fingerprint, atomically."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tensor = latents.detach().to("cpu", dtype=latents.dtype).contiguous()
-        save_file({"latents": tensor}, tmp, metadata={"fingerprint": fingerprint, "format": "animate_backend.latents"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensor = latents.detach().to("cpu", dtype=latents.dtype).contiguous()
+    with atomic_path(path) as tmp:
+        save_file({"latents": tensor}, str(tmp), metadata={"fingerprint": fingerprint, "format": "animate_backend.latents"})
 
 
 def load_latents(path: Path, fingerprint: str):
@@ -511,6 +505,51 @@ def run_job(
 ) -> dict[str, Any]:
     """Run the job in job_dir and return the content of its out/result.json.
 
+    One process at a time runs a job folder: a second one raises JobError at once (the
+    lock goes with the process, however it ends). Under the lock, temporary files that a
+    killed run left in out/ are removed first. See _run_job for the rest.
+    """
+    paths = JobPaths(Path(job_dir))
+    if not paths.root.is_dir():
+        return _run_job(paths, pipelines, on_event, should_cancel)  # raises the "no such job" error
+    with _job_lock(paths):
+        removed = remove_partial_files(paths.out) + remove_partial_files(paths.frames)
+        if removed:
+            logger.info("removed %d unfinished temporary files left in %s by an interrupted run", removed, paths.out)
+        return _run_job(paths, pipelines, on_event, should_cancel)
+
+
+@contextmanager
+def _job_lock(paths: JobPaths) -> Iterator[None]:
+    """Hold an exclusive lock on the job's out/ folder (a flock on the folder itself: no lock file)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; jobs there are not protected against a second run
+        yield
+        return
+    paths.out.mkdir(exist_ok=True)
+    fd = os.open(paths.out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobError(
+                f"the job {paths.root} is being run by another process right now; wait for it to finish "
+                f"(or cancel it), then run again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _run_job(
+    paths: JobPaths,
+    pipelines: PipelineCache | None,
+    on_event: EventCallback | None,
+    should_cancel: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """The job in `paths`: see run_job.
+
     on_event gets protocol events without the job id: {"type": "progress", "stage", "step",
     "steps", "window", "windows", "frames_done", "frames_total", "eta_s", "message"} and
     {"type": "frame", "index", "path"} (0-based index, absolute path) for every finished frame.
@@ -526,7 +565,6 @@ def run_job(
     from pose_bridge.job import read_job
 
     started = time.monotonic()
-    paths = JobPaths(Path(job_dir))
     emit_user = on_event or (lambda event: None)
     job = read_job(paths.root)
     settings = job.settings
@@ -564,6 +602,10 @@ def run_job(
             video = _write_video_if_needed(paths, settings, num_frames, tracker, log)
     except BackendError as exc:
         log.write({"type": "cancelled" if isinstance(exc, CancelledError) else "error", "message": str(exc)})
+        raise
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGTERM in `run`): the frames written so far are finished and kept.
+        log.write({"type": "interrupted", "message": "stopped by an interrupt; run the job again to resume"})
         raise
     except PoseBridgeError as exc:
         log.write({"type": "error", "message": str(exc)})

@@ -142,6 +142,12 @@ def check_pipeline_folder(folder: Path) -> None:
         )
 
 
+def _clause(exc: BaseException) -> str:
+    """An exception's message as a clause of our own sentence: one line, no closing full stop."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.rstrip(" .")
+
+
 def load_pipeline(model: str, device: str | torch.device = "auto", precision: str = "auto") -> LoadedPipeline:
     """The pipeline for `model` ("tiny" or a folder), on `device`, in `precision`."""
     from animate_backend.pipeline import AnimateAnyonePipeline
@@ -158,7 +164,10 @@ def load_pipeline(model: str, device: str | torch.device = "auto", precision: st
         try:
             pipe = AnimateAnyonePipeline.from_pretrained(folder, dtype=dtype)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise WeightsError(f"could not load the pipeline in {folder}: {exc}. {HOW_TO_GET}") from exc
+            raise WeightsError(
+                f"could not load the pipeline in {folder}: {_clause(exc)}. The folder may be damaged or "
+                f"unfinished; {HOW_TO_GET}"
+            ) from exc
         model_id = str(folder.resolve())
     # Cast only when needed: diffusers warns about casting even to the same dtype.
     if pipe.denoising_unet.dtype != dtype:

@@ -4,52 +4,26 @@ Writing a PNG needs nothing but the standard library (zlib), so the add-on can w
 folders inside Blender, whose Python has numpy but no Pillow. Reading images in other
 formats needs Pillow; video needs PyAV. Both are imported only when used.
 
-Every writer writes a temporary file next to the target and renames it over the target,
-so a crash or an error never leaves half a file where a user's file was.
+Every writer writes a temporary file next to the target and renames it over the target
+(pose_bridge.files), so a crash or an error never leaves half a file where a user's file was.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from pose_bridge.errors import PoseDataError, PoseFileError
+from pose_bridge.files import atomic_path, atomic_write_bytes  # noqa: F401 (also used from here by others)
 
 logger = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@contextmanager
-def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it is renamed over `path`.
-
-    On any error the temporary file is removed and `path` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:

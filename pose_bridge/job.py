@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pose_bridge.errors import JobError
+from pose_bridge.files import write_json_atomic  # noqa: F401 (the job folder's JSON writer, used by the backend)
 from pose_bridge.keypoints import PoseSequence
 
 JOB_FORMAT_VERSION = 1
@@ -197,21 +196,6 @@ class JobPaths:
     def frame(self, index: int) -> Path:
         """Output frame file of the index-th generated frame (0-based): out/frames/0001.png..."""
         return self.frames / f"{index + 1:04d}.png"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON next to path then rename over it, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_settings(job_dir: Path, settings: JobSettings) -> Path:
