@@ -32,9 +32,7 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ import bpy
 import numpy as np
 from mathutils import Euler, Quaternion, Vector
 
+from pose_bridge.files import atomic_write_bytes
 from pose_bridge.image_io import write_png
 from pose_bridge.keypoints import PoseSequence
 from pose_bridge.openpose_json import write_sequence
@@ -249,11 +248,7 @@ def light_scene(scene: bpy.types.Scene, sun: bpy.types.Object, rng: np.random.Ge
 
 
 def _write_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for entry in entries:
-            f.write(json.dumps(entry) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(json.dumps(entry) + "\n" for entry in entries).encode("utf-8"))
 
 
 def generate_dataset(
