@@ -123,3 +123,29 @@ def remove_partial_dirs_of(target: Path | str) -> int:
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed
+
+
+def remove_partial_files_of(target: Path | str) -> int:
+    """Remove the temporary files of `target` (atomic_path) that a killed writer left beside it."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return 0
+    removed = 0
+    for path in target.parent.glob(f"{partial_prefix(target.name)}*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def check_writable(folder: Path | str) -> None:
+    """Raise OSError (with the reason) unless a file can be created in `folder`, creating the folder if needed.
+
+    Tried with a real file, the only check that also catches read-only mounts, full disks,
+    access lists and network shares.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=partial_prefix("write-check"), dir=folder)
+    os.close(fd)
+    os.unlink(probe)

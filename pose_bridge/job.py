@@ -34,6 +34,12 @@ OUTPUT_KINDS = ("frames", "video")
 SCHEDULERS = ("ddim", "dpmsolver++", "euler", "lcm")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# Upper bounds of the numeric settings (the command lines use the same). The model works at
+# about 512x768; 4096 a side is far beyond any GPU's memory for it already.
+MAX_OUTPUT_SIDE = 4096
+MAX_STEPS = 1000  # the noise schedule's own length
+MAX_FPS = 1000.0
+MAX_SEED = 2**63 - 1  # what a torch generator accepts
 
 
 @dataclass
@@ -80,15 +86,21 @@ class JobSettings:
                 f"(the VAE works on 8x8 pixel blocks); try "
                 f"{max(8, round(self.width / 8) * 8)}x{max(8, round(self.height / 8) * 8)}"
             )
+        elif self.width > MAX_OUTPUT_SIDE or self.height > MAX_OUTPUT_SIDE:
+            problems.append(
+                f"output size {self.width}x{self.height} is beyond the limit of {MAX_OUTPUT_SIDE} pixels a side"
+            )
         if self.frame_end < self.frame_start:
             problems.append(
                 f"frame range {self.frame_start}-{self.frame_end} has no frames; set the end frame "
                 f"at or after the start frame"
             )
-        if not (math.isfinite(self.fps) and self.fps > 0):
-            problems.append(f"fps must be a positive number, got {self.fps}")
-        if self.steps < 1:
-            problems.append(f"steps must be at least 1, got {self.steps}")
+        if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
+            problems.append(f"fps must be a positive number up to {MAX_FPS:g}, got {self.fps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            problems.append(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             problems.append(f"guidance scale must be a number >= 0, got {self.guidance_scale}")
         if self.context_frames < 1:
