@@ -97,8 +97,10 @@ class JobSettings:
             )
         if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
             problems.append(f"fps must be a positive number up to {MAX_FPS:g}, got {self.fps}")
-        if not 1 <= self.steps <= MAX_STEPS:
-            problems.append(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if self.steps < 1:
+            problems.append(f"steps must be at least 1, got {self.steps}")
+        elif self.steps > MAX_STEPS:
+            problems.append(f"steps must be at most {MAX_STEPS} (the noise schedule's length), got {self.steps}")
         if not 0 <= self.seed <= MAX_SEED:
             problems.append(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
