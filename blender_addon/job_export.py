@@ -241,10 +241,14 @@ def _install(staged: Path, job_dir: Path) -> None:
     reference_pose.json, no skeleton images) is removed, as it belongs to the old job; out/
     and everything else in job_dir stay. job.json is removed first, so that an export
     interrupted half way leaves a folder the backend refuses ("export the job again")
-    rather than old settings over new poses.
+    rather than old settings over new poses. The one exception in out/ is result.json, the
+    record that the *previous* job finished: it goes too, so that nothing (a batch's "done"
+    check, the panel) takes the old run for a run of the new job before the backend has run
+    it. Frames, latents and the log stay for the backend to judge.
     """
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "job.json").unlink(missing_ok=True)
+    JobPaths(job_dir).result.unlink(missing_ok=True)
     for name in ADDON_FILES:
         new, old = staged / name, job_dir / name
         if new.is_dir():

@@ -91,10 +91,13 @@ def test_a_new_export_replaces_the_addons_files_and_never_a_users_folder(scene, 
     job_dir = tmp_path / "job"
     export_job(scene, options(frame_end=3), job_dir)
     (job_dir / "out").mkdir()
+    (job_dir / "out" / "frames").mkdir()
+    (job_dir / "out" / "frames" / "0001.png").write_bytes(b"a frame")
     (job_dir / "out" / "result.json").write_text("{}")
     export_job(scene, options(frame_end=2, reference="image", image_path=str(job_dir / "reference.png")), job_dir)
     assert sorted(p.name for p in (job_dir / "poses").iterdir()) == ["0001.png", "0002.png"]
-    assert (job_dir / "out" / "result.json").read_text() == "{}", "the backend's outputs are its own to judge"
+    assert (job_dir / "out" / "frames" / "0001.png").read_bytes() == b"a frame", "the backend's to judge"
+    assert not (job_dir / "out" / "result.json").exists(), "the old run no longer says this job is finished"
     assert not (job_dir / "reference_pose.json").exists(), "the old export's skeleton went with it"
     assert [p.name for p in tmp_path.iterdir()] == ["job"]
 
@@ -258,20 +261,26 @@ def test_exporting_a_shot_again_keeps_the_backends_work_and_the_users_files(scen
     from animate_backend.job_runner import PipelineCache, run_job
 
     job_dir = tmp_path / "sh010"
-    shot = options(frame_end=2, steps=1, context_frames=8, context_overlap=2, device="cpu", guidance=1.0)
+    from blender_addon.batch import is_done
+
+    shot = options(frame_end=2, steps=1, context_frames=8, context_overlap=2, device="cpu", guidance=1.0,
+                   provenance={"batch": {"options": "opts", "blend_sha256": ["blend"]}})
     export_job(scene, shot, job_dir)
     cache = PipelineCache()
     first = run_job(job_dir, pipelines=cache)
+    assert is_done(job_dir, "blend", "opts")
     frames = {p.name: p.read_bytes() for p in (job_dir / "out" / "frames").iterdir()}
     (job_dir / "notes.txt").write_text("the director's notes")
     (job_dir / "out" / "grade.cube").write_text("a colourist's LUT")
 
     export_job(scene, shot, job_dir)  # the same shot again: nothing the runner made is lost
+    assert not is_done(job_dir, "blend", "opts"), "not finished until the backend has run the new export"
     assert (job_dir / "notes.txt").read_text() == "the director's notes"
     assert (job_dir / "out" / "grade.cube").read_text() == "a colourist's LUT"
     assert {p.name: p.read_bytes() for p in (job_dir / "out" / "frames").iterdir()} == frames
     again = run_job(job_dir, pipelines=cache)
     assert again["frames_reused"] == 2 and again["fingerprint"] == first["fingerprint"]
+    assert is_done(job_dir, "blend", "opts")
 
     export_job(scene, options(**{**shot.__dict__, "seed": 8}), job_dir)  # changed: the runner remakes it
     changed = run_job(job_dir, pipelines=cache)
