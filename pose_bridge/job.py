@@ -139,22 +139,51 @@ class JobSettings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise JobError(f"{source}: unknown settings {unknown}; known ones are {sorted(known)}")
+        wrong = _wrong_types(data)
+        if wrong:
+            raise JobError(f"{source}: settings of the wrong type: " + "; ".join(wrong) + "; export the job again")
         if data.get("format_version", JOB_FORMAT_VERSION) > JOB_FORMAT_VERSION:
             raise JobError(
                 f"{source} was written by a newer version (format {data['format_version']}); "
                 f"update the backend to read it"
             )
-        try:
-            settings = cls(**data)
-            settings.width, settings.height = int(settings.width), int(settings.height)
-            settings.frame_start, settings.frame_end = int(settings.frame_start), int(settings.frame_end)
-            settings.steps, settings.seed = int(settings.steps), int(settings.seed)
-            settings.context_frames = int(settings.context_frames)
-            settings.context_overlap = int(settings.context_overlap)
-            settings.fps, settings.guidance_scale = float(settings.fps), float(settings.guidance_scale)
-        except (TypeError, ValueError) as exc:
-            raise JobError(f"{source}: a setting has the wrong type ({exc})") from exc
+        settings = cls(**data)
+        for name in _WHOLE_SETTINGS:
+            setattr(settings, name, int(getattr(settings, name)))
+        for name in _NUMBER_SETTINGS:
+            setattr(settings, name, float(getattr(settings, name)))
         return settings
+
+
+# The JSON type of each setting, checked when job.json is read (validate checks the values).
+_WHOLE_SETTINGS = ("width", "height", "frame_start", "frame_end", "steps", "seed", "context_frames",
+                   "context_overlap", "format_version")
+_NUMBER_SETTINGS = ("fps", "guidance_scale")
+_TEXT_SETTINGS = ("model", "scheduler", "retarget", "device", "precision")
+_SWITCH_SETTINGS = ("draw_hands", "draw_face")
+
+
+def _wrong_types(data: dict[str, Any]) -> list[str]:
+    """What is of the wrong JSON type in a job.json object: a number as text, a list as an id..."""
+    wrong = []
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for name, value in data.items():
+        if name in _WHOLE_SETTINGS and not (is_number(value) and math.isfinite(value) and value == int(value)):
+            wrong.append(f"{name} must be a whole number, got {value!r}")
+        elif name in _NUMBER_SETTINGS and not is_number(value):
+            wrong.append(f"{name} must be a number, got {value!r}")
+        elif name in _TEXT_SETTINGS and not isinstance(value, str):
+            wrong.append(f"{name} must be text, got {value!r}")
+        elif name in _SWITCH_SETTINGS and not isinstance(value, bool):
+            wrong.append(f"{name} must be true or false, got {value!r}")
+        elif name == "output_kinds" and not (isinstance(value, list) and all(isinstance(k, str) for k in value)):
+            wrong.append(f"output_kinds must be a list of names, got {value!r}")
+        elif name == "provenance" and not isinstance(value, dict):
+            wrong.append(f"provenance must be an object, got {value!r}")
+    return wrong
 
 
 @dataclass
