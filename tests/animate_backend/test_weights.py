@@ -356,6 +356,20 @@ def test_fetch_weights_offline_flag_checks_no_network_and_names_the_flag(tmp_pat
     assert "without --offline" in str(error.value) and "HF_HUB_OFFLINE" not in str(error.value)
 
 
+def test_fetch_weights_force_never_replaces_a_users_folder_and_checks_before_downloading(tmp_path, monkeypatch):
+    session = FakeSession()
+    hub = FakeHub(tmp_path / "cache")
+    monkeypatch.setattr(fetch_module, "get_session", lambda: session)
+    monkeypatch.setattr(fetch_module, "hf_hub_download", hub)
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "thesis.pdf").write_bytes(b"years of work")
+    with pytest.raises(WeightsError, match="not a pipeline folder"):
+        fetch_module.fetch_weights(mine, overwrite=True)
+    assert hub.requests == [] and session.requests == [], "refused before any download"
+    assert [p.name for p in mine.iterdir()] == ["thesis.pdf"]
+
+
 def test_hf_hub_offline_in_the_environment_is_respected(tmp_path, monkeypatch):
     session = FakeSession()
     hub = FakeHub(tmp_path / "cache", offline_cache=True)
