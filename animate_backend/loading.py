@@ -49,16 +49,18 @@ def model_digest(model: str) -> str:
     "tiny" is made in memory from fixed code and seed. For a folder it covers every file's
     path, size and modification time plus a hash of its first and last 64 KiB, so that
     re-converting, retraining or `make-tiny --force` into the same folder gives another digest
-    even when sizes stay the same. Hidden files (temporary files) are left out. A folder that
-    does not exist digests as "missing" (loading it fails anyway).
+    even when sizes stay the same. Only the pipeline's own two levels (files and component
+    folders' files) are read, and hidden (temporary) files are left out. Something that is not
+    a pipeline folder digests as "missing" without being searched (loading it fails anyway):
+    a job naming "/" as its model must not walk the whole disk.
     """
     if model == "tiny":
         return "tiny"
     folder = Path(model).expanduser()
-    if not folder.is_dir():
+    if not (folder / "model_index.json").is_file():
         return "missing"
     h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
+    for path in sorted([*folder.glob("*"), *folder.glob("*/*")]):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue

@@ -215,6 +215,17 @@ def test_weights_replaced_in_the_same_folder_make_old_frames_stale(tmp_path):
     assert any(not np.array_equal(read_image(paths.frame(i)), old[i]) for i in range(2))
 
 
+def test_the_model_digest_reads_only_a_pipeline_folder():
+    """A job naming "/" (or a home folder) as its model must fail on loading, not walk the disk first."""
+    import time
+
+    from animate_backend.loading import model_digest
+
+    started = time.monotonic()
+    assert model_digest("/") == "missing" and model_digest("tiny") == "tiny"
+    assert time.monotonic() - started < 1
+
+
 def test_another_precision_makes_old_frames_stale(tmp_path, pipelines):
     paths = make_job(tmp_path / "job", frames=2, precision="fp32")
     first = run_job(paths.root, pipelines=pipelines)
