@@ -527,6 +527,7 @@ def _job_lock(paths: JobPaths) -> Iterator[None]:
     except ImportError:  # Windows: no flock; jobs there are not protected against a second run
         yield
         return
+    _check_output_layout(paths)
     paths.out.mkdir(exist_ok=True)
     fd = os.open(paths.out, os.O_RDONLY)
     try:
@@ -540,6 +541,31 @@ def _job_lock(paths: JobPaths) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _check_output_layout(paths: JobPaths, num_frames: int = 0) -> None:
+    """Raise JobError when something is in the way of an output: a file where out/ or
+    out/frames/ goes, a folder where a file goes. Nothing there is moved or removed: it may be
+    a user's."""
+    folders = (paths.out, paths.frames)
+    files = (paths.video, paths.log, paths.result, paths.latents, *(paths.frame(i) for i in range(num_frames)))
+    blocked = [p for p in folders if p.exists() and not p.is_dir()] + [p for p in files if p.is_dir()]
+    if blocked:
+        raise JobError(
+            f"{blocked[0]} is in the way: the job writes a {'folder' if blocked[0] in folders else 'file'} "
+            f"there; move it elsewhere and run the job again"
+        )
+
+
+def _is_png_file(path: Path) -> bool:
+    """Whether a frame file is there and is a PNG (a damaged or foreign file is made again)."""
+    from pose_bridge.image_io import PNG_SIGNATURE
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
 
 
 def _run_job(
@@ -574,6 +600,7 @@ def _run_job(
     if settings.retarget != "none" and not reference_pose_file.is_file():
         raise InputError(_no_reference_pose_message(settings.retarget))
 
+    _check_output_layout(paths, num_frames)
     log = JobLog(paths.log)
     fingerprint = job_fingerprint(paths, settings)
     # Outputs of other settings or inputs are stale: all frames are made again, and the old
@@ -586,7 +613,7 @@ def _run_job(
         emit_user(event)
 
     tracker = ProgressTracker(emit, num_frames)
-    missing = [i for i in range(num_frames) if stale or not paths.frame(i).is_file()]
+    missing = [i for i in range(num_frames) if stale or not _is_png_file(paths.frame(i))]
     model_info = {"model": settings.model, "untrained": None, "device": None, "dtype": None}
     try:
         if missing:

@@ -553,3 +553,25 @@ def test_sigterm_stops_the_run_command_like_ctrl_c(tmp_path):
             process.kill()
     assert read_log(paths)[-1]["type"] == "interrupted"
     assert not [p for p in paths.out.rglob(".*")], "no temporary file is left"
+
+
+def test_something_in_the_way_of_an_output_is_a_clear_error_and_is_left_alone(tmp_path, pipelines):
+    for name, block in [("out", "file"), ("out/frames", "file"), ("out/video.mp4", "folder"),
+                        ("out/log.jsonl", "folder"), ("out/frames/0001.png", "folder")]:
+        paths = make_job(tmp_path / name.replace("/", "_"), frames=2)
+        target = paths.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("mine") if block == "file" else target.mkdir()
+        with pytest.raises(JobError, match="is in the way"):
+            run_job(paths.root, pipelines=pipelines)
+        assert target.exists() and (target.is_dir() == (block == "folder"))
+
+
+def test_a_damaged_frame_file_is_made_again(tmp_path, pipelines):
+    paths = make_job(tmp_path / "job", frames=2)
+    run_job(paths.root, pipelines=pipelines)
+    good = read_image(paths.frame(1))
+    paths.frame(1).write_bytes(b"not a png")
+    result = run_job(paths.root, pipelines=pipelines)
+    assert result["frames_generated"] == 1
+    np.testing.assert_allclose(read_image(paths.frame(1)), good, atol=1)  # decoded again from the latents
