@@ -111,12 +111,19 @@ class Server:
         """Answer requests until shutdown or end of input; return the exit code."""
         self._worker.start()
         logger.info("animate_backend server ready (protocol %d, version %s)", PROTOCOL_VERSION, package_version())
-        # readline rather than iteration: each request is acted on as soon as its line arrives.
-        for line in iter(lines.readline, ""):
-            if not line.strip():
-                continue
-            if not self.handle(line):
-                return 0
+        try:
+            # readline rather than iteration: each request is acted on as soon as its line arrives.
+            for line in iter(lines.readline, ""):
+                if not line.strip():
+                    continue
+                if not self.handle(line):
+                    return 0
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the main thread only: cancel the jobs so that the running one stops
+            # cleanly and says so in its log.jsonl, rather than dying with the process.
+            logger.info("interrupted: cancelling the jobs and stopping")
+            self.stop()
+            return 130
         logger.info("end of input: stopping")
         self.stop()
         return 0

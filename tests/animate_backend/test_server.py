@@ -353,3 +353,22 @@ def test_malformed_requests_during_a_running_job_never_touch_it(tmp_path):
     finally:
         process.close()
     assert not process.bad_lines
+
+
+def test_ctrl_c_cancels_the_running_job_and_its_log_says_so(tmp_path):
+    import signal
+
+    job = make_job(tmp_path / "job", frames=2, steps=500)
+    process = ServerProcess(tmp_path / "stderr.log")
+    try:
+        process.send({"type": "run", "id": "j", "job": str(job)})
+        progress, _ = process.until("progress", "j")
+        while progress["stage"] != "denoising":
+            progress, _ = process.until("progress", "j")
+        process.proc.send_signal(signal.SIGINT)
+        cancelled, _ = process.until("cancelled", "j", timeout=60)
+        assert process.proc.wait(timeout=30) == 130
+    finally:
+        process.close()
+    records = [json.loads(line) for line in JobPaths(job).log.read_text().splitlines()]
+    assert records[-1]["type"] == "cancelled"
