@@ -59,15 +59,20 @@ def _is_pose_file(path: Path) -> bool:
 
 
 def _check_output(path: Path, force: bool, what: str, is_ours=lambda path: True) -> None:
-    """Refuse to write `path` over something, unless --force and it is `what` this command writes."""
+    """Refuse to write `path` over something, unless --force and it is `what` this command writes.
+
+    Temporary files of `path` that a killed earlier run left beside it are removed.
+    """
+    from pose_bridge.files import remove_partial_files_of
+
     if path.is_dir():
         raise PoseFileError(f"{path} is a folder; give the {what} to write")
-    if not path.exists():
-        return
-    if not force:
-        raise PoseFileError(f"{path} already exists; choose another --out, or pass --force to replace it")
-    if not is_ours(path):
-        raise PoseFileError(f"{path} is not a {what}; it is never replaced, even with --force: choose another --out")
+    if path.exists():
+        if not force:
+            raise PoseFileError(f"{path} already exists; choose another --out, or pass --force to replace it")
+        if not is_ours(path):
+            raise PoseFileError(f"{path} is not a {what}; it is never replaced, even with --force: choose another --out")
+    remove_partial_files_of(path)
 
 
 def cmd_draw(args: argparse.Namespace) -> int:

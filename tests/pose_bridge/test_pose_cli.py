@@ -90,7 +90,10 @@ def test_detect_command_on_image_and_folder_of_videos(tmp_path, capsys):
 
 def test_draw_refuses_existing_outputs_unless_force(sequence_file, tmp_path, capsys):
     out = tmp_path / "png"
+    out.mkdir()
+    (out / ".0001.png.partial-a8f3k2.png").write_bytes(b"left by a killed run")
     assert main(["draw", str(sequence_file), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0001.png", "0002.png"]
     (out / "0002.png").write_bytes(b"edited by hand")
     assert main(["draw", str(sequence_file), "--out", str(out)]) == 2
     assert "0001.png already exists" in capsys.readouterr().err
