@@ -3,7 +3,7 @@
     python -m animate_backend run JOB_DIR
     python -m animate_backend generate --model DIR|tiny --reference IMG --poses POSES --out VIDEO
         [--width W --height H --steps N --guidance G --seed S --context-frames N
-         --context-overlap N --fps F --device auto|cpu|cuda|mps --precision auto|fp32|fp16|bf16]
+         --context-overlap N --fps F --device auto|cpu|cuda|mps --precision auto|fp32|fp16|bf16 --force]
     python -m animate_backend serve
 
 run and generate show progress bars on stderr and print where the result is on stdout.
@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
-from pose_bridge.job import CONTEXT_SCHEDULES, DEVICES, PRECISIONS
+from pose_bridge.cli_args import number, whole
+from pose_bridge.job import CONTEXT_SCHEDULES, DEVICES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS, PRECISIONS
 
 
 class ProgressBars:
@@ -63,12 +66,32 @@ class ProgressBars:
             self._bar = None
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a render farm stopping a task, `kill`) ends the run like Ctrl-C: recorded in the
+    job's log, temporary files removed, finished frames kept."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(args: argparse.Namespace) -> int:
     from animate_backend.job_runner import run_job
 
     bars = ProgressBars(enabled=not args.quiet)
     try:
-        result = run_job(args.job_dir, on_event=bars)
+        with _terminate_as_interrupt():
+            result = run_job(args.job_dir, on_event=bars)
     finally:
         bars.close()
     if result["untrained"]:
@@ -91,7 +114,7 @@ def _generate(args: argparse.Namespace) -> int:
             width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
             seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
             context_schedule=args.context_schedule, fps=args.fps, device=args.device, precision=args.precision,
-            draw_hands=not args.no_hands, draw_face=not args.no_face, on_event=bars,
+            draw_hands=not args.no_hands, draw_face=not args.no_face, overwrite=args.force, on_event=bars,
         )
     finally:
         bars.close()
@@ -121,21 +144,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poses", required=True, metavar="POSES",
                    help="poses.json, a folder of OpenPose frame files or skeleton images, or a skeleton video")
     p.add_argument("--out", required=True, metavar="VIDEO", help="the .mp4 to write")
-    p.add_argument("--width", type=int, help="output width (default: the reference image's, multiple of 8)")
-    p.add_argument("--height", type=int, help="output height (default: the reference image's, multiple of 8)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default 3.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--context-frames", type=int, default=24, help="frames per window (default 24)")
-    p.add_argument("--context-overlap", type=int, default=4, help="frames shared by neighbouring windows (default 4)")
+    p.add_argument("--width", type=whole(at_least=8, at_most=MAX_OUTPUT_SIDE),
+                   help="output width (default: the reference image's, multiple of 8)")
+    p.add_argument("--height", type=whole(at_least=8, at_most=MAX_OUTPUT_SIDE),
+                   help="output height (default: the reference image's, multiple of 8)")
+    p.add_argument("--steps", type=whole(at_least=1, at_most=MAX_STEPS), default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=number(at_least=0), default=3.5,
+                   help="classifier-free guidance scale (default 3.5; 1 turns it off)")
+    p.add_argument("--seed", type=whole(at_least=0, at_most=MAX_SEED), default=0)
+    p.add_argument("--context-frames", type=whole(at_least=1), default=24, help="frames per window (default 24)")
+    p.add_argument("--context-overlap", type=whole(at_least=0), default=4,
+                   help="frames shared by neighbouring windows (default 4)")
     p.add_argument("--context-schedule", choices=CONTEXT_SCHEDULES, default="tapered",
                    help="windows for long videos: tapered (default: no wrap, cross-faded) or loop "
                         "(Moore-AnimateAnyone's: the last window wraps onto the first frames)")
-    p.add_argument("--fps", type=float, help="video frame rate (default: the poses' own, else 24)")
+    p.add_argument("--fps", type=number(above=0, at_most=MAX_FPS), help="video frame rate (default: the poses' own, else 24)")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--no-hands", action="store_true", help="do not draw hand skeletons")
     p.add_argument("--no-face", action="store_true", help="do not draw face points")
+    p.add_argument("--force", action="store_true", help="replace VIDEO if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_generate)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pose_bridge.cli_args import whole
+
 # "keep": each weight keeps the precision of the file it comes from (Moore's .pth files are fp32).
 DTYPES = ("keep", "fp16", "fp32", "bf16")
 DTYPE_HELP = "weights precision on disk: keep the checkpoints' own (default; Moore's are fp32) or round to one"
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--dtype", choices=DTYPES, default="keep", help=DTYPE_HELP)
     convert.add_argument("--beta-schedule", choices=("linear", "scaled_linear"), default="linear",
                          help="DDIM beta schedule (Moore's inference config: linear)")
-    convert.add_argument("--force", action="store_true", help="replace --out if it exists (only after success)")
+    convert.add_argument("--force", action="store_true", help="replace --out if it holds a pipeline folder (only after success)")
     convert.set_defaults(func=run_convert)
 
     fetch = sub.add_parser(
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: the standard cache)")
     fetch.add_argument("--offline", action="store_true", help="use only files already in the cache")
     fetch.add_argument("--dtype", choices=DTYPES, default="keep", help=DTYPE_HELP)
-    fetch.add_argument("--force", action="store_true", help="replace --out if it exists (only after success)")
+    fetch.add_argument("--force", action="store_true", help="replace --out if it holds a pipeline folder (only after success)")
     fetch.set_defaults(func=run_fetch)
 
     tiny = sub.add_parser(
@@ -58,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the folder is marked untrained.",
     )
     tiny.add_argument("--out", required=True, help="pipeline folder to write")
-    tiny.add_argument("--seed", type=int, default=0, help="random seed of the weights")
-    tiny.add_argument("--force", action="store_true", help="replace --out if it exists")
+    tiny.add_argument("--seed", type=whole(at_least=0, at_most=2**63 - 1), default=0, help="random seed of the weights")
+    tiny.add_argument("--force", action="store_true", help="replace --out if it holds a pipeline folder")
     tiny.set_defaults(func=run_make_tiny)
 
 

@@ -20,6 +20,7 @@ leaves half a video. A job folder (`run`) is the way to keep frames and resume.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -35,7 +36,7 @@ from animate_backend.events import EventCallback, ProgressTracker
 from animate_backend.job_runner import (
     OOM_ADVICE, UNTRAINED_NOTE, PipelineCache, decode_chunk, denoise, is_out_of_memory, prepare_poses,
 )
-from pose_bridge.job import CONTEXT_SCHEDULES
+from pose_bridge.job import CONTEXT_SCHEDULES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS
 from pose_bridge.keypoints import PoseSequence
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,52 @@ def output_size(reference_size: tuple[int, int], width: int | None, height: int 
     return rounded
 
 
+def check_settings(
+    *, width: int | None, height: int | None, steps: int, guidance_scale: float, seed: int,
+    context_frames: int, context_overlap: int, fps: float | None, context_schedule: str = "tapered",
+) -> None:
+    """Raise InputError naming the first option that is out of range (the command line's names)."""
+    for name, value in (("--width", width), ("--height", height)):
+        if value is not None and not 8 <= value <= MAX_OUTPUT_SIDE:
+            raise InputError(f"{name} must be between 8 and {MAX_OUTPUT_SIDE} pixels, got {value}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
+    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise InputError(f"--guidance must be a number of at least 0 (1 turns guidance off), got {guidance_scale}")
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise InputError(f"--fps must be a number above 0 and at most {MAX_FPS:g}, got {fps}")
+    if context_frames < 1:
+        raise InputError(f"--context-frames must be at least 1, got {context_frames}")
+    if not 0 <= context_overlap < context_frames:
+        raise InputError(
+            f"--context-overlap must be between 0 and --context-frames minus one ({context_frames - 1}), "
+            f"got {context_overlap}"
+        )
+    if context_schedule not in CONTEXT_SCHEDULES:
+        raise InputError(f"--context-schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {context_schedule!r}")
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Raise InputError unless the video can be written at `out` (checked by writing a file beside it)."""
+    from pose_bridge.files import check_writable, remove_partial_files_of
+
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"the output {out} must be an .mp4 file")
+    if out.is_dir():
+        raise InputError(f"the output {out} is a folder; give the .mp4 file to write")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
+    try:
+        check_writable(out.parent)
+    except OSError as exc:
+        raise InputError(
+            f"cannot write {out}: {exc.strerror or exc} in {out.parent}; choose another --out"
+        ) from exc
+    remove_partial_files_of(out)  # what a killed earlier run left beside it
+
+
 def generate(
     model: str,
     reference: str | os.PathLike,
@@ -141,35 +188,36 @@ def generate(
     precision: str = "auto",
     draw_hands: bool = True,
     draw_face: bool = True,
+    overwrite: bool = False,
     pipelines: PipelineCache | None = None,
     on_event: EventCallback | None = None,
 ) -> dict[str, Any]:
     """Make the video `out` (H.264 mp4) of the reference image's character doing `poses`.
 
-    Returns a summary: video, frames, width, height, fps, seconds, model, untrained, seed.
-    on_event gets the same progress events as a job run.
+    An existing `out` is replaced only with overwrite (--force), and only when it is a file.
+    Every setting and the output's folder are checked before anything is loaded, so that no
+    work is thrown away at the end. Returns a summary: video, frames, width, height, fps,
+    seconds, model, untrained, seed. on_event gets the same progress events as a job run.
     """
     from pose_bridge.image_io import read_image, write_video
 
     started = time.monotonic()
     out = Path(out)
-    if out.suffix.lower() != ".mp4":
-        raise InputError(f"the output {out} must be an .mp4 file")
-    if steps < 1:
-        raise InputError(f"steps must be at least 1, got {steps}")
-    if context_frames < 1 or not 0 <= context_overlap < context_frames:
-        raise InputError(
-            f"context overlap must be between 0 and the window length minus one, got window "
-            f"{context_frames} and overlap {context_overlap}"
-        )
-    if context_schedule not in CONTEXT_SCHEDULES:
-        raise InputError(f"context schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {context_schedule!r}")
+    check_settings(width=width, height=height, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                   context_frames=context_frames, context_overlap=context_overlap, fps=fps,
+                   context_schedule=context_schedule)
+    check_output(out, overwrite)
     reference_path = Path(reference)
     if not reference_path.is_file():
         raise InputError(f"reference image {reference_path} does not exist")
     reference_rgb = read_image(reference_path)
     size = output_size((reference_rgb.shape[1], reference_rgb.shape[0]), width, height)
     width, height = size
+    if max(size) > MAX_OUTPUT_SIDE:
+        raise InputError(
+            f"the output would be {width}x{height} (the reference image's size), beyond the limit of "
+            f"{MAX_OUTPUT_SIDE} pixels a side; give --width and/or --height (e.g. --width 512)"
+        )
     driving = load_driving_poses(poses, fps)
     num_frames = len(driving)
     emit = on_event or (lambda event: None)
@@ -200,7 +248,6 @@ def generate(
                     written += 1
                     tracker.decoded(written, num_frames)
 
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_video(out, decoded_frames(), driving.fps)
     except Exception as exc:
         if is_out_of_memory(exc):

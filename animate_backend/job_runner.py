@@ -11,8 +11,10 @@ into its `out/` folder:
     out/result.json           written last (see `run_job` for its fields)
 
 Reruns keep finished work. Every run computes a fingerprint of everything that changes the
-pictures (the generation settings, reference.png, poses.json and, when retargeting,
-reference_pose.json); fps, output kinds, device and precision are not part of it. Frames left
+pictures: the generation settings, the model's content (loading.model_digest: re-converting
+or retraining into the same folder counts as another model), the kind of device and the
+precision it runs in, reference.png, poses.json and, when retargeting, reference_pose.json.
+fps and output kinds are not part of it. Frames left
 by a run with the same fingerprint are kept and only missing frames are made: when the saved
 latents match, only those frames are decoded (no denoising at all); when every frame exists,
 only the video and result.json are (re)written. Outputs of a run with another fingerprint are
@@ -38,20 +40,21 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from animate_backend.errors import BackendError, CancelledError, InputError, OutOfMemoryError
 from animate_backend.events import EventCallback, ProgressTracker
-from pose_bridge.errors import PoseBridgeError
-from pose_bridge.job import JobPaths, JobSettings, write_json_atomic
+from pose_bridge.errors import JobError, PoseBridgeError
+from pose_bridge.files import atomic_path, remove_partial_files, write_json_atomic
+from pose_bridge.job import JobPaths, JobSettings
 from pose_bridge.keypoints import PoseSequence
 
 logger = logging.getLogger(__name__)
@@ -59,8 +62,9 @@ logger = logging.getLogger(__name__)
 RESULT_FORMAT = "animate_backend.result"
 RESULT_VERSION = 1
 REFERENCE_POSE_FILE = "reference_pose.json"
-# Settings that change the pictures; the others (fps, output kinds, device, precision,
-# provenance) can change between runs without making finished frames stale.
+# Settings that change the pictures; the others (fps, output kinds, provenance) can change
+# between runs without making finished frames stale. device and precision count through
+# what they resolve to (loading.compute_kind), so "auto" and "fp32" on a CPU are the same.
 FINGERPRINT_SETTINGS = (
     "model", "width", "height", "frame_start", "frame_end", "steps", "guidance_scale", "seed",
     "context_frames", "context_overlap", "context_schedule", "scheduler", "retarget", "draw_hands", "draw_face",
@@ -88,7 +92,8 @@ class _CachedPipeline:
 
 
 class PipelineCache:
-    """Loaded pipelines by (model, device, precision), so a server keeps its model between jobs.
+    """Loaded pipelines by (model, its content, device, precision), so a server keeps its model
+    between jobs, and loads it again when the folder's weights were replaced meanwhile.
 
     Only `max_loaded` pipelines stay loaded (one by default: a second full-size model rarely
     fits beside the first); the least recently used one is dropped to load another.
@@ -96,15 +101,18 @@ class PipelineCache:
 
     def __init__(self, max_loaded: int = 1) -> None:
         self.max_loaded = max_loaded
-        self._entries: OrderedDict[tuple[str, str, str], _CachedPipeline] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str, str], _CachedPipeline] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @staticmethod
-    def _key(model: str, device: str, precision: str) -> tuple[str, str, str]:
-        return (model if model == "tiny" else str(Path(model).expanduser().resolve()), device, precision)
+    def _key(model: str, device: str, precision: str) -> tuple[str, str, str, str]:
+        from animate_backend.loading import model_digest
+
+        folder = model if model == "tiny" else str(Path(model).expanduser().resolve())
+        return (folder, model_digest(model), device, precision)
 
     def is_loaded(self, model: str, device: str = "auto", precision: str = "auto") -> bool:
         return self._key(model, device, precision) in self._entries
@@ -231,8 +239,12 @@ def _file_digest(path: Path) -> str | None:
 
 def job_fingerprint(paths: JobPaths, settings: JobSettings) -> str:
     """A short hash of everything that changes the generated pictures."""
+    from animate_backend.loading import compute_kind, model_digest
+
     data = {
         "settings": {key: getattr(settings, key) for key in FINGERPRINT_SETTINGS},
+        "model_content": model_digest(settings.model),
+        "compute": list(compute_kind(settings.device, settings.precision)),
         "reference": _file_digest(paths.reference),
         "poses": _file_digest(paths.poses),
         "reference_pose": (
@@ -289,16 +301,9 @@ def save_latents(path: Path, latents, fingerprint: str) -> None:
     """Write the denoised latents with their fingerprint, atomically."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tensor = latents.detach().to("cpu", dtype=latents.dtype).contiguous()
-        save_file({"latents": tensor}, tmp, metadata={"fingerprint": fingerprint, "format": "animate_backend.latents"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensor = latents.detach().to("cpu", dtype=latents.dtype).contiguous()
+    with atomic_path(path) as tmp:
+        save_file({"latents": tensor}, str(tmp), metadata={"fingerprint": fingerprint, "format": "animate_backend.latents"})
 
 
 def load_latents(path: Path, fingerprint: str):
@@ -502,6 +507,77 @@ def run_job(
 ) -> dict[str, Any]:
     """Run the job in job_dir and return the content of its out/result.json.
 
+    One process at a time runs a job folder: a second one raises JobError at once (the
+    lock goes with the process, however it ends). Under the lock, temporary files that a
+    killed run left in out/ are removed first. See _run_job for the rest.
+    """
+    paths = JobPaths(Path(job_dir))
+    if not paths.root.is_dir():
+        return _run_job(paths, pipelines, on_event, should_cancel)  # raises the "no such job" error
+    with _job_lock(paths):
+        removed = remove_partial_files(paths.out) + remove_partial_files(paths.frames)
+        if removed:
+            logger.info("removed %d unfinished temporary files left in %s by an interrupted run", removed, paths.out)
+        return _run_job(paths, pipelines, on_event, should_cancel)
+
+
+@contextmanager
+def _job_lock(paths: JobPaths) -> Iterator[None]:
+    """Hold an exclusive lock on the job's out/ folder (a flock on the folder itself: no lock file)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; jobs there are not protected against a second run
+        yield
+        return
+    _check_output_layout(paths)
+    paths.out.mkdir(exist_ok=True)
+    fd = os.open(paths.out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobError(
+                f"the job {paths.root} is being run by another process right now; wait for it to finish "
+                f"(or cancel it), then run again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_output_layout(paths: JobPaths, num_frames: int = 0) -> None:
+    """Raise JobError when something is in the way of an output: a file where out/ or
+    out/frames/ goes, a folder where a file goes. Nothing there is moved or removed: it may be
+    a user's."""
+    folders = (paths.out, paths.frames)
+    files = (paths.video, paths.log, paths.result, paths.latents, *(paths.frame(i) for i in range(num_frames)))
+    blocked = [p for p in folders if p.exists() and not p.is_dir()] + [p for p in files if p.is_dir()]
+    if blocked:
+        raise JobError(
+            f"{blocked[0]} is in the way: the job writes a {'folder' if blocked[0] in folders else 'file'} "
+            f"there; move it elsewhere and run the job again"
+        )
+
+
+def _is_png_file(path: Path) -> bool:
+    """Whether a frame file is there and is a PNG (a damaged or foreign file is made again)."""
+    from pose_bridge.image_io import PNG_SIGNATURE
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
+
+
+def _run_job(
+    paths: JobPaths,
+    pipelines: PipelineCache | None,
+    on_event: EventCallback | None,
+    should_cancel: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """The job in `paths`: see run_job.
+
     on_event gets protocol events without the job id: {"type": "progress", "stage", "step",
     "steps", "window", "windows", "frames_done", "frames_total", "eta_s", "message"} and
     {"type": "frame", "index", "path"} (0-based index, absolute path) for every finished frame.
@@ -517,7 +593,6 @@ def run_job(
     from pose_bridge.job import read_job
 
     started = time.monotonic()
-    paths = JobPaths(Path(job_dir))
     emit_user = on_event or (lambda event: None)
     job = read_job(paths.root)
     settings = job.settings
@@ -527,6 +602,7 @@ def run_job(
     if settings.retarget != "none" and not reference_pose_file.is_file():
         raise InputError(_no_reference_pose_message(settings.retarget))
 
+    _check_output_layout(paths, num_frames)
     log = JobLog(paths.log)
     fingerprint = job_fingerprint(paths, settings)
     # Outputs of other settings or inputs are stale: all frames are made again, and the old
@@ -539,7 +615,7 @@ def run_job(
         emit_user(event)
 
     tracker = ProgressTracker(emit, num_frames)
-    missing = [i for i in range(num_frames) if stale or not paths.frame(i).is_file()]
+    missing = [i for i in range(num_frames) if stale or not _is_png_file(paths.frame(i))]
     model_info = {"model": settings.model, "untrained": None, "device": None, "dtype": None}
     try:
         if missing:
@@ -555,6 +631,10 @@ def run_job(
             video = _write_video_if_needed(paths, settings, num_frames, tracker, log)
     except BackendError as exc:
         log.write({"type": "cancelled" if isinstance(exc, CancelledError) else "error", "message": str(exc)})
+        raise
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGTERM in `run`): the frames written so far are finished and kept.
+        log.write({"type": "interrupted", "message": "stopped by an interrupt; run the job again to resume"})
         raise
     except PoseBridgeError as exc:
         log.write({"type": "error", "message": str(exc)})

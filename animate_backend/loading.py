@@ -7,7 +7,9 @@ pipeline folder raises `WeightsError` naming what is missing and how to get it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,51 @@ HOW_TO_GET = (
     "`python -m animate_backend convert-moore ...` (from Moore-AnimateAnyone .pth files you have), "
     "or `python -m animate_backend make-tiny --out DIR` (random weights, for testing)"
 )
+
+
+# Bytes read from each end of every file of a model folder for its digest.
+DIGEST_SAMPLE_BYTES = 64 * 1024
+
+
+def model_digest(model: str) -> str:
+    """A short digest of a model's content, cheap enough to take before every job.
+
+    "tiny" is made in memory from fixed code and seed. For a folder it covers every file's
+    path, size and modification time plus a hash of its first and last 64 KiB, so that
+    re-converting, retraining or `make-tiny --force` into the same folder gives another digest
+    even when sizes stay the same. Only the pipeline's own two levels (files and component
+    folders' files) are read, and hidden (temporary) files are left out. Something that is not
+    a pipeline folder digests as "missing" without being searched (loading it fails anyway):
+    a job naming "/" as its model must not walk the whole disk.
+    """
+    if model == "tiny":
+        return "tiny"
+    folder = Path(model).expanduser()
+    if not (folder / "model_index.json").is_file():
+        return "missing"
+    h = hashlib.sha256()
+    for path in sorted([*folder.glob("*"), *folder.glob("*/*")]):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        stat = path.stat()
+        h.update(f"{relative.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(DIGEST_SAMPLE_BYTES))
+            if stat.st_size > 2 * DIGEST_SAMPLE_BYTES:
+                f.seek(-DIGEST_SAMPLE_BYTES, os.SEEK_END)
+                h.update(f.read(DIGEST_SAMPLE_BYTES))
+    return h.hexdigest()[:16]
+
+
+def compute_kind(device: str = "auto", precision: str = "auto") -> tuple[str, str]:
+    """(device type, dtype name) the settings resolve to here, e.g. ("cuda", "float16").
+
+    Part of a job's fingerprint: the same weights give other pictures in another precision
+    or on another kind of device.
+    """
+    resolved = resolve_device(device)
+    return resolved.type, str(resolve_dtype(precision, resolved)).replace("torch.", "")
 
 
 @dataclass
@@ -97,6 +144,12 @@ def check_pipeline_folder(folder: Path) -> None:
         )
 
 
+def _clause(exc: BaseException) -> str:
+    """An exception's message as a clause of our own sentence: one line, no closing full stop."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.rstrip(" .")
+
+
 def load_pipeline(model: str, device: str | torch.device = "auto", precision: str = "auto") -> LoadedPipeline:
     """The pipeline for `model` ("tiny" or a folder), on `device`, in `precision`."""
     from animate_backend.pipeline import AnimateAnyonePipeline
@@ -113,7 +166,10 @@ def load_pipeline(model: str, device: str | torch.device = "auto", precision: st
         try:
             pipe = AnimateAnyonePipeline.from_pretrained(folder, dtype=dtype)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise WeightsError(f"could not load the pipeline in {folder}: {exc}. {HOW_TO_GET}") from exc
+            raise WeightsError(
+                f"could not load the pipeline in {folder}: {_clause(exc)}. The folder may be damaged or "
+                f"unfinished; {HOW_TO_GET}"
+            ) from exc
         model_id = str(folder.resolve())
     # Cast only when needed: diffusers warns about casting even to the same dtype.
     if pipe.denoising_unet.dtype != dtype:

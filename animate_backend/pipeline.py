@@ -115,21 +115,20 @@ class AnimateAnyoneOutput(BaseOutput):
 def to_rgb_array(image: PIL.Image.Image | np.ndarray, what: str = "image") -> np.ndarray:
     """An RGB uint8 (H, W, 3) array from a PIL image or a uint8 (H, W, 3|4) array.
 
-    Transparency (a render with a transparent film, say) is composited onto white: the
-    released weights were trained on videos of people in front of plain light backdrops.
+    Transparency (a render with a transparent film, say) is composited onto white, by the one
+    rule every image reader follows (pose_bridge.image_io.flatten_to_rgb8).
     """
+    from pose_bridge.image_io import flatten_to_rgb8, pil_to_rgb8
+
     if isinstance(image, PIL.Image.Image):
-        image = np.asarray(image.convert("RGBA") if "A" in image.getbands() else image.convert("RGB"))
+        return pil_to_rgb8(image, what)
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
         raise InputError(
             f"{what} must be a PIL image or a uint8 array of shape (H, W, 3), "
             f"got {array.dtype} array of shape {array.shape}"
         )
-    if array.shape[2] == 4:
-        alpha = array[:, :, 3:].astype(np.float32) / 255.0
-        return np.round(array[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return array
+    return flatten_to_rgb8(array, what)
 
 
 def border_colour(image: np.ndarray) -> tuple[int, int, int]:

@@ -9,7 +9,10 @@ lock, so lines never interleave. Nothing else may write to stdout: while serving
 points at stderr (a stray print from any library lands in the log), and the protocol keeps a
 private handle to the real stdout.
 
-A job that fails (missing folder, invalid job.json, missing weights, a crash inside the
+Every request is checked field by field (pose_bridge.backend_protocol.validate_request)
+before it is acted on; an invalid one, or any failure while acting on one, becomes an error
+event for that request (id null when its id is not a valid id) and never touches the running
+job. A job that fails (missing folder, invalid job.json, missing weights, a crash inside the
 pipeline, out of memory) becomes an error event and the server goes on serving.
 
 What the server writes, one line each:
@@ -34,6 +37,7 @@ and exit with status 0. A cancel for a job that is not queued or running is igno
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
@@ -46,7 +50,7 @@ from typing import IO, Any
 
 from animate_backend.errors import BackendError, CancelledError
 from animate_backend.job_runner import OOM_ADVICE, PipelineCache, count_finished_frames, is_out_of_memory, run_job
-from pose_bridge.backend_protocol import PROTOCOL_VERSION, ProtocolError, decode, encode
+from pose_bridge.backend_protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, valid_id, validate_request
 from pose_bridge.errors import PoseBridgeError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +88,12 @@ class Server:
     # -- output
 
     def send(self, message: dict[str, Any]) -> None:
-        line = encode(message)
+        try:
+            line = encode(message)
+        except (ProtocolError, TypeError, ValueError) as exc:
+            # A bug, not a client's fault: say so on the log rather than end a job or the server.
+            logger.error("could not encode the %s event (%s): %r", message.get("type"), exc, message)
+            return
         with self._out_lock:
             try:
                 self._out.write(line)
@@ -102,48 +111,63 @@ class Server:
         """Answer requests until shutdown or end of input; return the exit code."""
         self._worker.start()
         logger.info("animate_backend server ready (protocol %d, version %s)", PROTOCOL_VERSION, package_version())
-        # readline rather than iteration: each request is acted on as soon as its line arrives.
-        for line in iter(lines.readline, ""):
-            if not line.strip():
-                continue
-            if not self.handle(line):
-                return 0
+        try:
+            # readline rather than iteration: each request is acted on as soon as its line arrives.
+            for line in iter(lines.readline, ""):
+                if not line.strip():
+                    continue
+                if not self.handle(line):
+                    return 0
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the main thread only: cancel the jobs so that the running one stops
+            # cleanly and says so in its log.jsonl, rather than dying with the process.
+            logger.info("interrupted: cancelling the jobs and stopping")
+            self.stop()
+            return 130
         logger.info("end of input: stopping")
         self.stop()
         return 0
 
     def handle(self, line: str) -> bool:
-        """Act on one request line; False when the server should exit."""
+        """Act on one request line; False when the server should exit.
+
+        Whatever goes wrong with one request (an invalid field, a bug while acting on it)
+        becomes an error event for that request: it never ends the server or touches the
+        running job.
+        """
+        request: dict[str, Any] | None = None
         try:
             request = decode(line)
+            validate_request(request)
+            return self._act(request)
         except ProtocolError as exc:
-            self.error(None, "bad_request", f"could not read the request {line.strip()[:200]!r}: {exc}")
-            return True
+            self.error(_echo_id(request), "bad_request", f"{exc} (request {line.strip()[:200]!r})")
+        except Exception as exc:  # noqa: BLE001 - one bad request must not end the server
+            logger.error("request %r failed:\n%s", line.strip()[:200], traceback.format_exc())
+            self.error(
+                _echo_id(request), "internal",
+                f"the server failed to act on the request ({type(exc).__name__}: {exc}); the server's "
+                f"log (stderr) has the details, please report them",
+            )
+        return True
+
+    def _act(self, request: dict[str, Any]) -> bool:
         kind = request["type"]
         if kind == "hello":
             self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "version": package_version()})
         elif kind == "ping":
             self.send({"type": "pong"})
         elif kind == "run":
-            self._queue_run(request)
+            self._queue_run(request["id"], request["job"])
         elif kind == "cancel":
-            self._cancel(request.get("id"))
+            self._cancel(request["id"])
         elif kind == "shutdown":
             self.stop()
             self.send({"type": "bye"})
             return False
-        else:
-            self.error(
-                request.get("id"), "bad_request",
-                f"unknown request type {kind!r}; expected hello, ping, run, cancel or shutdown",
-            )
         return True
 
-    def _queue_run(self, request: dict[str, Any]) -> None:
-        job_id, job_dir = request.get("id"), request.get("job")
-        if job_id is None or not isinstance(job_dir, str) or not job_dir:
-            self.error(job_id, "bad_request", 'a run request needs an "id" and a "job" folder path')
-            return
+    def _queue_run(self, job_id: Any, job_dir: str) -> None:
         with self._active_lock:
             if job_id in self._active:
                 self.error(job_id, "bad_request", f"a job with id {job_id!r} is already queued or running")
@@ -183,6 +207,8 @@ class Server:
                 return
             try:
                 self._run(job)
+            except Exception:  # noqa: BLE001 - the worker must outlive any one job
+                logger.error("job %s: the worker failed:\n%s", job.id, traceback.format_exc())
             finally:
                 with self._active_lock:
                     self._active.pop(job.id, None)
@@ -223,6 +249,14 @@ class Server:
             self.send({"type": "done", "id": job.id, "result": result})
 
 
+def _echo_id(request: dict[str, Any] | None) -> Any:
+    """The id to put in an error event: the request's own when it is a valid id, else null."""
+    if request is None:
+        return None
+    job_id = request.get("id")
+    return job_id if valid_id(job_id) else None
+
+
 def _finished(job_dir: str) -> int:
     try:
         return count_finished_frames(job_dir)
@@ -232,7 +266,12 @@ def _finished(job_dir: str) -> int:
 
 def serve(stdin: IO[str] | None = None, stdout: IO[str] | None = None, pipelines: PipelineCache | None = None) -> int:
     """Serve the protocol on stdin/stdout until shutdown or end of input; return the exit code."""
-    stdin = stdin if stdin is not None else sys.stdin
+    if stdin is None:
+        stdin = sys.stdin
+        if hasattr(stdin, "buffer"):
+            # Bytes that are not UTF-8 become U+FFFD (and then a bad_request error), never an
+            # exception in the read loop.
+            stdin = io.TextIOWrapper(stdin.buffer, encoding="utf-8", errors="replace")
     saved_stdout, saved_fd = sys.stdout, None
     if stdout is None:
         # Keep a private handle on the real stdout for the protocol, then point both Python's

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from animate_backend.configs import build_denoising_unet, load_size_config
 from animate_backend.errors import WeightsError
 from animate_backend.models.pose_guider import PoseGuider
 from animate_backend.pipeline import UNTRAINED_MARKER, AnimateAnyonePipeline, default_scheduler, make_clip_image_processor
+from pose_bridge.files import give_normal_permissions, make_partial_dir, partial_prefix, remove_partial_dirs_of
 
 TINY_MARKER = UNTRAINED_MARKER
 
@@ -65,19 +65,49 @@ def make_tiny_pipeline(seed: int = 0) -> AnimateAnyonePipeline:
     return make_random_pipeline("tiny", seed)
 
 
+def is_pipeline_folder(folder: Path) -> bool:
+    """Whether `folder` is a pipeline folder this program wrote (it has model_index.json)."""
+    return (Path(folder) / "model_index.json").is_file()
+
+
+def check_output_folder(out_dir: Path, overwrite: bool) -> None:
+    """Raise WeightsError unless a pipeline may be written to `out_dir`.
+
+    A new or empty folder is fine. An existing pipeline folder is replaced only with
+    `overwrite` (--force); anything else (a file, a folder of the user's) never is.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise WeightsError(f"{out_dir} is a file, not a folder; choose a new folder for the pipeline")
+    if not any(out_dir.iterdir()):
+        return
+    if not is_pipeline_folder(out_dir):
+        raise WeightsError(
+            f"{out_dir} already holds files and is not a pipeline folder (no model_index.json); it is "
+            f"never replaced, even with --force: choose a new or empty folder"
+        )
+    if not overwrite:
+        raise WeightsError(f"{out_dir} already holds a pipeline; choose another folder or pass --force to replace it")
+
+
 def save_pipeline_folder(pipe: AnimateAnyonePipeline, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Save `pipe` to `out_dir` atomically: written into a temporary folder beside it, then moved.
 
-    An existing non-empty `out_dir` is an error unless `overwrite`, which replaces it only
-    after the new folder is complete.
+    An existing pipeline folder at `out_dir` is an error unless `overwrite`, which replaces it
+    only after the new folder is complete; a folder that is not a pipeline folder is never
+    replaced (check_output_folder). Unfinished folders of a killed earlier save are removed.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise WeightsError(f"{out_dir} already exists and is not empty; choose another folder or pass --force")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    recover_interrupted_replace(out_dir)
+    check_output_folder(out_dir, overwrite)
+    remove_partial_dirs_of(out_dir)
+    staging = make_partial_dir(out_dir)
     try:
         pipe.save_pretrained(staging)
+        for path in staging.rglob("*"):  # save_pretrained's own temporary files are private
+            give_normal_permissions(path)
         replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -85,13 +115,24 @@ def save_pipeline_folder(pipe: AnimateAnyonePipeline, out_dir: str | os.PathLike
     return out_dir
 
 
+def _old_copy(target: Path) -> Path:
+    return target.with_name(f"{partial_prefix(target.name)}old")
+
+
 def replace_folder(new: Path, target: Path) -> None:
     """Move the finished folder `new` to `target`, replacing an old one only once `new` is complete."""
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
+        old = _old_copy(target)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
         os.replace(new, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, target)
+
+
+def recover_interrupted_replace(target: Path) -> None:
+    """Put back the old folder when a process was killed between replace_folder's two renames."""
+    old = _old_copy(Path(target))
+    if old.is_dir() and not Path(target).exists():
+        os.replace(old, target)

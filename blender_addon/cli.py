@@ -63,7 +63,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pose_bridge.cli_args import number, whole
 from pose_bridge.errors import PoseBridgeError
+from pose_bridge.job import MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS
 
 from .errors import AddonError
 
@@ -88,7 +90,10 @@ def _size(text: str) -> tuple[int, int]:
     found = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not found:
         raise argparse.ArgumentTypeError(f"size must look like 512x768, got {text!r}")
-    return int(found.group(1)), int(found.group(2))
+    width, height = int(found.group(1)), int(found.group(2))
+    if not (8 <= width <= MAX_OUTPUT_SIDE and 8 <= height <= MAX_OUTPUT_SIDE):
+        raise argparse.ArgumentTypeError(f"width and height must be between 8 and {MAX_OUTPUT_SIDE}, got {text!r}")
+    return width, height
 
 
 def _mapping_item(text: str) -> tuple[str, Any]:
@@ -135,11 +140,11 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     gen = parser.add_argument_group("generation")
     gen.add_argument("--model", default=None, metavar="DIR",
                      help='pipeline folder (default: the add-on preference); "tiny" = the untrained test model')
-    gen.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    gen.add_argument("--guidance", type=float, default=3.5, help="guidance scale (default 3.5)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--context-frames", type=int, default=24, help="frames per window (default 24)")
-    gen.add_argument("--context-overlap", type=int, default=4, help="frames shared by windows (default 4)")
+    gen.add_argument("--steps", type=whole(at_least=1, at_most=MAX_STEPS), default=20, help="denoising steps (default 20)")
+    gen.add_argument("--guidance", type=number(at_least=0), default=3.5, help="guidance scale (default 3.5)")
+    gen.add_argument("--seed", type=whole(at_least=0, at_most=MAX_SEED), default=0)
+    gen.add_argument("--context-frames", type=whole(at_least=1), default=24, help="frames per window (default 24)")
+    gen.add_argument("--context-overlap", type=whole(at_least=0), default=4, help="frames shared by windows (default 4)")
     gen.add_argument("--context-schedule", default="tapered", choices=("tapered", "loop"),
                      help="windows for long shots: tapered (default) or loop (Moore-AnimateAnyone's, wrapping)")
     gen.add_argument("--scheduler", default="ddim", choices=("ddim", "dpmsolver++", "euler", "lcm"))

@@ -32,9 +32,7 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,8 @@ import bpy
 import numpy as np
 from mathutils import Euler, Quaternion, Vector
 
+from pose_bridge.cli_args import number, whole
+from pose_bridge.files import atomic_write_bytes
 from pose_bridge.image_io import write_png
 from pose_bridge.keypoints import PoseSequence
 from pose_bridge.openpose_json import write_sequence
@@ -249,11 +249,7 @@ def light_scene(scene: bpy.types.Scene, sun: bpy.types.Object, rng: np.random.Ge
 
 
 def _write_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for entry in entries:
-            f.write(json.dumps(entry) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(json.dumps(entry) + "\n" for entry in entries).encode("utf-8"))
 
 
 def generate_dataset(
@@ -372,6 +368,8 @@ def _range(text: str) -> tuple[float, float]:
         low, high = (float(v) for v in text.split(","))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected MIN,MAX (e.g. -45,45), got {text!r}") from exc
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise argparse.ArgumentTypeError(f"MIN and MAX must be finite numbers, got {text!r}")
     if high < low:
         raise argparse.ArgumentTypeError(f"MIN must not exceed MAX in {text!r}")
     return low, high
@@ -390,19 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scene", help="scene name (default: the file's active scene)")
     parser.add_argument("--armature", help="armature object (default: the scene's only armature)")
     d = DatasetSettings()
-    parser.add_argument("--takes", type=int, default=d.takes, help="number of takes (clips)")
-    parser.add_argument("--frames", type=int, default=d.frames, help="frames per take")
+    parser.add_argument("--takes", type=whole(at_least=1), default=d.takes, help="number of takes (clips)")
+    parser.add_argument("--frames", type=whole(at_least=1), default=d.frames, help="frames per take")
     parser.add_argument("--size", type=_size, default=(d.width, d.height), help="WIDTHxHEIGHT, multiples of 8")
     parser.add_argument("--engine", default=d.engine, choices=["WORKBENCH", "CYCLES", "EEVEE", "SCENE"])
-    parser.add_argument("--samples", type=int, default=d.samples, help="Cycles samples")
-    parser.add_argument("--random-fraction", type=float, default=d.random_fraction,
+    parser.add_argument("--samples", type=whole(at_least=1), default=d.samples, help="Cycles samples")
+    parser.add_argument("--random-fraction", type=number(at_least=0, at_most=1), default=d.random_fraction,
                         help="share of takes with random poses (the rest play the scene's animation)")
-    parser.add_argument("--key-poses", type=int, default=d.key_poses, help="random poses a random take moves through")
-    parser.add_argument("--max-angle", type=float, default=d.max_angle, help="largest random bone turn per axis, degrees")
+    parser.add_argument("--key-poses", type=whole(at_least=1), default=d.key_poses, help="random poses a random take moves through")
+    parser.add_argument("--max-angle", type=number(at_least=0, at_most=180), default=d.max_angle, help="largest random bone turn per axis, degrees")
     parser.add_argument("--azimuth", type=_range, default=d.azimuth, help="camera azimuth range MIN,MAX in degrees")
     parser.add_argument("--elevation", type=_range, default=d.elevation, help="camera elevation range MIN,MAX")
     parser.add_argument("--margin", type=_range, default=d.margin, help="frame size over character size MIN,MAX")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=whole(at_least=0), default=d.seed)
     parser.add_argument("--preset", default=d.preset, help="bone-name preset: auto, none, or a preset name")
     parser.add_argument("--map", dest="mapping", action="append", type=_mapping_item, default=[],
                         metavar="KEYPOINT=BONE", help="map a keypoint to a bone (repeatable)")

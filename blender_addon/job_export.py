@@ -5,10 +5,13 @@
 
 writes job.json, poses.json, the drawn skeletons in poses/, reference.png and, for a
 rendered reference, reference_pose.json (the armature's keypoints at the reference
-frame, for retargeting). The folder is written next to its final place and swapped in
-when complete, so an existing job is never left half overwritten. JobExport does the
-same in small steps, for the Generate operator's timer (Blender stays responsive and the
-export can be cancelled).
+frame, for retargeting): the files the add-on owns (ADDON_FILES). They are written next
+to the job folder first and moved in when all are complete, job.json last, so a failed
+export leaves the previous job as it was. Exporting a shot again replaces only those
+files: the backend's out/ (finished frames, saved latents) and anything a user added stay,
+and the backend's own resume decides which frames still match the new job. JobExport
+does the same in small steps, for the Generate operator's timer (Blender stays
+responsive and the export can be cancelled).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ import numpy as np
 
 from pose_bridge import drawing, openpose_json
 from pose_bridge.errors import PoseBridgeError
+from pose_bridge.files import make_partial_dir, partial_prefix, remove_partial_dirs_of, remove_partial_files
 from pose_bridge.job import JobPaths, JobSettings, write_job
 
 from . import projection, reference
@@ -37,6 +40,9 @@ from .errors import AddonError
 log = logging.getLogger(__name__)
 
 REFERENCE_POSE_FILE = "reference_pose.json"  # read by animate_backend.job_runner for retargeting
+# What an export writes in a job folder, and so what exporting again may replace. job.json
+# goes last: it is what makes the folder a job.
+ADDON_FILES = ("reference.png", "poses.json", REFERENCE_POSE_FILE, "poses", "job.json")
 REFERENCE_MODES = ("render", "image")
 
 
@@ -232,27 +238,38 @@ def _check_replaceable(job_dir: Path) -> None:
         )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _install(staged: Path, job_dir: Path) -> None:
+    """Move the add-on's files from the finished staging folder into job_dir, job.json last.
 
-
-def _swap_in(tmp_dir: Path, job_dir: Path) -> None:
-    """Put the finished tmp_dir where job_dir is, keeping the old job until the new one is in place."""
-    old = None
-    if job_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{job_dir.name}.old-", dir=job_dir.parent))
-        old.rmdir()
-        os.replace(job_dir, old)
-    try:
-        os.replace(tmp_dir, job_dir)
-    except OSError:
-        if old is not None:
-            os.replace(old, job_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    Only ADDON_FILES are touched: an add-on file the new export does not have (no
+    reference_pose.json, no skeleton images) is removed, as it belongs to the old job; out/
+    and everything else in job_dir stay. job.json is removed first, so that an export
+    interrupted half way leaves a folder the backend refuses ("export the job again")
+    rather than old settings over new poses. The one exception in out/ is result.json, the
+    record that the *previous* job finished: it goes too, so that nothing (a batch's "done"
+    check, the panel) takes the old run for a run of the new job before the backend has run
+    it. Frames, latents and the log stay for the backend to judge.
+    """
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "job.json").unlink(missing_ok=True)
+    JobPaths(job_dir).result.unlink(missing_ok=True)
+    for name in ADDON_FILES:
+        new, old = staged / name, job_dir / name
+        if new.is_dir():
+            if old.exists():
+                aside = job_dir / f"{partial_prefix(name)}old"
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(old, aside)
+                os.replace(new, old)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(new, old)
+        elif new.exists():
+            os.replace(new, old)
+        elif old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink(missing_ok=True)
 
 
 class JobExport:
@@ -269,7 +286,7 @@ class JobExport:
 
         "project"    frames are projected, as many per step as budget_s allows (at least one)
         "reference"  the reference still is rendered (or read): one blocking call
-        "write"      the job is written next to job_dir and swapped in: one call
+        "write"      the job is written next to job_dir and moved in (_install): one call
         "done"       paths is the job; also "cancelled" and "failed"
 
     Nothing is written at job_dir before the last step, so a cancel (or an error) leaves no
@@ -435,9 +452,10 @@ class JobExport:
         job_dir = self.job_dir
         # Checked again: between steps something else may have been put at job_dir.
         _check_replaceable(job_dir)
-        job_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{job_dir.name}.new-", dir=job_dir.parent))
-        tmp_dir.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a job folder is an ordinary folder
+        # What an export killed half way left: unfinished staging folders, skeletons set aside.
+        remove_partial_dirs_of(job_dir)
+        remove_partial_files(job_dir)
+        tmp_dir = make_partial_dir(job_dir)
         try:
             try:
                 paths = write_job(
@@ -453,10 +471,9 @@ class JobExport:
                     openpose_json.write_frame(openpose_json.read_frame(pose_file), paths.root / REFERENCE_POSE_FILE)
                 except PoseBridgeError as exc:
                     raise AddonError(f"the reference skeleton file {pose_file} cannot be used: {exc}") from exc
-            _swap_in(tmp_dir, job_dir)
-        except BaseException:
+            _install(tmp_dir, job_dir)
+        finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
         log.info("wrote job %s (%d frames, %dx%d)", job_dir, settings.num_frames, settings.width, settings.height)
         self.paths = JobPaths(job_dir)
         self.phase = "done"

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import bpy
 import numpy as np
 
+from pose_bridge.image_io import flatten_to_rgb8
+
 from .errors import AddonError
 from .importing import RESULT_PROPERTY
 from .projection import output_frame, restored_frame
@@ -174,14 +176,11 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         image.pixels.foreach_get(pixels)
         pixels = pixels.reshape(height, width, image.channels)
         # Byte images hold their stored (display) values; float images are scene linear.
-        rgb = pixels[..., :3] if image.channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
         if image.is_float:
-            rgb = _linear_to_srgb(rgb)
-        if image.channels == 4:
-            alpha = pixels[..., 3:4]
-            rgb = rgb * alpha + (1.0 - alpha)
-        # Blender's rows go bottom-up; images are stored top-down.
-        rgb = np.flipud(rgb)
-        return np.ascontiguousarray(np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8))
+            colour = 3 if image.channels >= 3 else 1
+            pixels[..., :colour] = _linear_to_srgb(pixels[..., :colour])
+        # Blender's rows go bottom-up; images are stored top-down. Grey, alpha over white:
+        # the one rule of every image reader (pose_bridge.image_io.flatten_to_rgb8).
+        return flatten_to_rgb8(np.flipud(pixels), str(path))
     finally:
         bpy.data.images.remove(image)

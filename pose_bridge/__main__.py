@@ -1,11 +1,12 @@
 """Command line: python -m pose_bridge draw | retarget | detect.
 
-    python -m pose_bridge draw INPUT --out DIR [--size WxH] [--no-hands] [--no-face] [--video] [--scale-strokes]
-    python -m pose_bridge retarget --reference REF.json --driving SEQ --out OUT.json [--mode chain|global]
-    python -m pose_bridge detect INPUT --models DIR --out poses.json
+    python -m pose_bridge draw INPUT --out DIR [--size WxH] [--no-hands] [--no-face] [--video] [--scale-strokes] [--force]
+    python -m pose_bridge retarget --reference REF.json --driving SEQ --out OUT.json [--mode chain|global] [--force]
+    python -m pose_bridge detect INPUT --models DIR --out poses.json [--force]
 
 User errors end with exit code 2 and one line "error: ..." on stderr. Progress bars
-(tqdm, when installed) go to stderr.
+(tqdm, when installed) go to stderr. An existing output is replaced only with --force, and
+even then only when it is what the command writes (skeleton images, a video, a pose file).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pose_bridge.errors import PoseBridgeError
+from pose_bridge.cli_args import whole
+from pose_bridge.errors import PoseBridgeError, PoseFileError
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -32,13 +34,45 @@ def _progress(items: Iterable, total: int | None, desc: str) -> Iterator:
 
 
 def _size(text: str) -> tuple[int, int]:
+    from pose_bridge.keypoints import MAX_CANVAS_SIDE
+
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 512x768, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    if not (0 < width <= MAX_CANVAS_SIDE and 0 < height <= MAX_CANVAS_SIDE):
+        raise argparse.ArgumentTypeError(f"size must be positive and at most {MAX_CANVAS_SIDE} a side, got {text!r}")
     return width, height
+
+
+def _is_pose_file(path: Path) -> bool:
+    """Whether `path` is a pose file these commands write (a sequence or an OpenPose frame)."""
+    import json
+
+    from pose_bridge.openpose_json import SEQUENCE_FORMAT
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("format") == SEQUENCE_FORMAT or isinstance(data.get("people"), list))
+
+
+def _check_output(path: Path, force: bool, what: str, is_ours=lambda path: True) -> None:
+    """Refuse to write `path` over something, unless --force and it is `what` this command writes.
+
+    Temporary files of `path` that a killed earlier run left beside it are removed.
+    """
+    from pose_bridge.files import remove_partial_files_of
+
+    if path.is_dir():
+        raise PoseFileError(f"{path} is a folder; give the {what} to write")
+    if path.exists():
+        if not force:
+            raise PoseFileError(f"{path} already exists; choose another --out, or pass --force to replace it")
+        if not is_ours(path):
+            raise PoseFileError(f"{path} is not a {what}; it is never replaced, even with --force: choose another --out")
+    remove_partial_files_of(path)
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
@@ -49,18 +83,30 @@ def cmd_draw(args: argparse.Namespace) -> int:
     seq = load_poses(args.input, canvas_size=args.canvas)
     if args.size:
         seq = seq.fitted(*args.size)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PoseFileError(f"--out {out} is a file; give a folder for the skeleton images")
+    # Every output is checked, and every pose (drawable coordinates), before the first file
+    # is written: a bad input never leaves part of a set of frames.
+    if args.video:
+        target = out / f"{Path(args.input).stem or 'poses'}.mp4"
+        _check_output(target, args.force, "video")
+    else:
+        targets = [out / f"{i + 1:04d}.png" for i in range(len(seq))]
+        for target in targets:
+            _check_output(target, args.force, "skeleton image", lambda path: path.suffix == ".png")
+    for pose in seq:
+        pose.check_extent()
     scale = stroke_scale_for(seq.canvas_width, seq.canvas_height) if args.scale_strokes else 1.0
     images = draw_sequence(seq, hands=not args.no_hands, face=not args.no_face, stroke_scale=scale)
     images = _progress(images, len(seq), "drawing")
-    out = Path(args.out)
     if args.video:
-        target = out / f"{Path(args.input).stem or 'poses'}.mp4"
         write_video(target, images, seq.fps)
         print(target)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            write_png(out / f"{i + 1:04d}.png", image)
+        for target, image in zip(targets, images):
+            write_png(target, image)
         print(f"{len(seq)} skeleton images in {out}")
     return 0
 
@@ -69,6 +115,7 @@ def cmd_retarget(args: argparse.Namespace) -> int:
     from pose_bridge.openpose_json import load_poses, write_sequence
     from pose_bridge.retarget import retarget_sequence
 
+    _check_output(Path(args.out), args.force, "pose file", _is_pose_file)
     reference = load_poses(args.reference)[0]  # a frame file, or the first frame of a sequence
     driving = load_poses(args.driving)
     result = retarget_sequence(driving, reference, mode=args.mode, anchor=args.anchor)
@@ -91,6 +138,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     def video(path: Path, target: Path) -> None:
         from pose_bridge.image_io import read_video, video_fps
 
+        _check_output(target, args.force, "pose file", _is_pose_file)
         fps = video_fps(path)
         frames = _progress(read_video(path), video_frame_count(path), path.name)
         write_sequence(detector.detect_frames(frames, fps), target)
@@ -103,6 +151,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out.suffix.lower() == ".json":
             raise PoseFileError(f"INPUT is a folder of videos: --out must be a folder, not {out}")
+        for path in videos:  # all checked before the first (slow) detection
+            _check_output(out / f"{path.stem}.poses.json", args.force, "pose file", _is_pose_file)
         for path in videos:
             video(path, out / f"{path.stem}.poses.json")
     else:
@@ -110,6 +160,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if out.is_dir():
             out = out / f"{source.stem}.poses.json"
         if source.suffix.lower() in IMAGE_SUFFIXES:
+            _check_output(out, args.force, "pose file", _is_pose_file)
             write_frame(detector.detect_image(read_image(source)), out)
             print(out)
         else:
@@ -131,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     draw.add_argument("--no-face", action="store_true")
     draw.add_argument("--video", action="store_true", help="write one mp4 instead of PNG files")
     draw.add_argument("--scale-strokes", action="store_true", help="scale stroke sizes with resolution (1x at 512 px)")
+    draw.add_argument("--force", action="store_true", help="replace skeleton images or a video already there")
     draw.set_defaults(func=cmd_draw)
 
     retarget = sub.add_parser("retarget", help="give a driving sequence the reference's proportions")
@@ -139,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     retarget.add_argument("--out", required=True, help="output sequence file")
     retarget.add_argument("--mode", choices=("chain", "global"), default="chain")
     retarget.add_argument("--anchor", choices=("neck", "mid_hip"), default="neck")
+    retarget.add_argument("--force", action="store_true", help="replace OUT.json if it is a pose file")
     retarget.set_defaults(func=cmd_retarget)
 
     detect = sub.add_parser("detect", help="detect poses with DWPose (ONNX) in an image, a video or a folder of videos")
@@ -146,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--models", required=True, help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx")
     detect.add_argument("--out", required=True, help="output file (a folder when INPUT is a folder: <name>.poses.json each)")
     detect.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    detect.add_argument("--detect-resolution", type=int, default=512,
+    detect.add_argument("--force", action="store_true", help="replace pose files already there")
+    detect.add_argument("--detect-resolution", type=whole(at_least=0, at_most=4096), default=512,
                         help="short side the models see (512, as Moore-AnimateAnyone); 0 = the image's own size")
     detect.set_defaults(func=cmd_detect)
     return parser

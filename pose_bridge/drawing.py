@@ -411,6 +411,9 @@ def draw_pose(
     """
     if not (stroke_scale > 0 and math.isfinite(stroke_scale)):
         raise ValueError(f"stroke_scale must be a positive number, got {stroke_scale}")
+    # A pose changed in memory since it was made may hold anything: the integer drawing
+    # below needs bounded coordinates and canvas (PoseDataError otherwise).
+    pose.check_extent()
     canvas = np.zeros((pose.canvas_height, pose.canvas_width, 3), dtype=np.uint8)
     if body:
         canvas = draw_body(canvas, pose.body, stroke_scale)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pose_bridge.errors import JobError
+from pose_bridge.files import write_json_atomic  # noqa: F401 (the job folder's JSON writer, used by the backend)
 from pose_bridge.keypoints import PoseSequence
 
 JOB_FORMAT_VERSION = 1
@@ -38,6 +37,12 @@ SCHEDULERS = ("ddim", "dpmsolver++", "euler", "lcm")
 CONTEXT_SCHEDULES = ("tapered", "loop")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# Upper bounds of the numeric settings (the command lines use the same). The model works at
+# about 512x768; 4096 a side is far beyond any GPU's memory for it already.
+MAX_OUTPUT_SIDE = 4096
+MAX_STEPS = 1000  # the noise schedule's own length
+MAX_FPS = 1000.0
+MAX_SEED = 2**63 - 1  # what a torch generator accepts
 
 
 @dataclass
@@ -85,15 +90,23 @@ class JobSettings:
                 f"(the VAE works on 8x8 pixel blocks); try "
                 f"{max(8, round(self.width / 8) * 8)}x{max(8, round(self.height / 8) * 8)}"
             )
+        elif self.width > MAX_OUTPUT_SIDE or self.height > MAX_OUTPUT_SIDE:
+            problems.append(
+                f"output size {self.width}x{self.height} is beyond the limit of {MAX_OUTPUT_SIDE} pixels a side"
+            )
         if self.frame_end < self.frame_start:
             problems.append(
                 f"frame range {self.frame_start}-{self.frame_end} has no frames; set the end frame "
                 f"at or after the start frame"
             )
-        if not (math.isfinite(self.fps) and self.fps > 0):
-            problems.append(f"fps must be a positive number, got {self.fps}")
+        if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
+            problems.append(f"fps must be a positive number up to {MAX_FPS:g}, got {self.fps}")
         if self.steps < 1:
             problems.append(f"steps must be at least 1, got {self.steps}")
+        elif self.steps > MAX_STEPS:
+            problems.append(f"steps must be at most {MAX_STEPS} (the noise schedule's length), got {self.steps}")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             problems.append(f"guidance scale must be a number >= 0, got {self.guidance_scale}")
         if self.context_frames < 1:
@@ -131,22 +144,51 @@ class JobSettings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise JobError(f"{source}: unknown settings {unknown}; known ones are {sorted(known)}")
+        wrong = _wrong_types(data)
+        if wrong:
+            raise JobError(f"{source}: settings of the wrong type: " + "; ".join(wrong) + "; export the job again")
         if data.get("format_version", JOB_FORMAT_VERSION) > JOB_FORMAT_VERSION:
             raise JobError(
                 f"{source} was written by a newer version (format {data['format_version']}); "
                 f"update the backend to read it"
             )
-        try:
-            settings = cls(**data)
-            settings.width, settings.height = int(settings.width), int(settings.height)
-            settings.frame_start, settings.frame_end = int(settings.frame_start), int(settings.frame_end)
-            settings.steps, settings.seed = int(settings.steps), int(settings.seed)
-            settings.context_frames = int(settings.context_frames)
-            settings.context_overlap = int(settings.context_overlap)
-            settings.fps, settings.guidance_scale = float(settings.fps), float(settings.guidance_scale)
-        except (TypeError, ValueError) as exc:
-            raise JobError(f"{source}: a setting has the wrong type ({exc})") from exc
+        settings = cls(**data)
+        for name in _WHOLE_SETTINGS:
+            setattr(settings, name, int(getattr(settings, name)))
+        for name in _NUMBER_SETTINGS:
+            setattr(settings, name, float(getattr(settings, name)))
         return settings
+
+
+# The JSON type of each setting, checked when job.json is read (validate checks the values).
+_WHOLE_SETTINGS = ("width", "height", "frame_start", "frame_end", "steps", "seed", "context_frames",
+                   "context_overlap", "format_version")
+_NUMBER_SETTINGS = ("fps", "guidance_scale")
+_TEXT_SETTINGS = ("model", "context_schedule", "scheduler", "retarget", "device", "precision")
+_SWITCH_SETTINGS = ("draw_hands", "draw_face")
+
+
+def _wrong_types(data: dict[str, Any]) -> list[str]:
+    """What is of the wrong JSON type in a job.json object: a number as text, a list as an id..."""
+    wrong = []
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for name, value in data.items():
+        if name in _WHOLE_SETTINGS and not (is_number(value) and math.isfinite(value) and value == int(value)):
+            wrong.append(f"{name} must be a whole number, got {value!r}")
+        elif name in _NUMBER_SETTINGS and not is_number(value):
+            wrong.append(f"{name} must be a number, got {value!r}")
+        elif name in _TEXT_SETTINGS and not isinstance(value, str):
+            wrong.append(f"{name} must be text, got {value!r}")
+        elif name in _SWITCH_SETTINGS and not isinstance(value, bool):
+            wrong.append(f"{name} must be true or false, got {value!r}")
+        elif name == "output_kinds" and not (isinstance(value, list) and all(isinstance(k, str) for k in value)):
+            wrong.append(f"output_kinds must be a list of names, got {value!r}")
+        elif name == "provenance" and not isinstance(value, dict):
+            wrong.append(f"provenance must be an object, got {value!r}")
+    return wrong
 
 
 @dataclass
@@ -202,21 +244,6 @@ class JobPaths:
     def frame(self, index: int) -> Path:
         """Output frame file of the index-th generated frame (0-based): out/frames/0001.png..."""
         return self.frames / f"{index + 1:04d}.png"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON next to path then rename over it, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_settings(job_dir: Path, settings: JobSettings) -> Path:

@@ -71,6 +71,32 @@ def set_neck_from_shoulders(body: np.ndarray) -> np.ndarray:
     return body
 
 
+# Limits that keep every pose drawable in bounded time and memory. A canvas is at most
+# MAX_CANVAS_SIDE pixels a side (a 16384 x 16384 skeleton image is already 800 MB); a present
+# point may lie off the canvas (a hand out of frame) but not more than MAX_OFF_CANVAS canvas
+# sizes away from it: further than that it is a broken file, not a pose.
+MAX_CANVAS_SIDE = 16384
+MAX_OFF_CANVAS = 10
+
+
+def check_canvas_size(width: float, height: float) -> None:
+    """Raise PoseDataError unless width x height is a usable canvas."""
+    if not (0 < width <= MAX_CANVAS_SIDE and 0 < height <= MAX_CANVAS_SIDE):
+        raise PoseDataError(
+            f"canvas size must be positive and at most {MAX_CANVAS_SIDE} pixels a side, got {width}x{height}"
+        )
+
+
+def far_points(points: np.ndarray, width: int, height: int) -> list[int]:
+    """Indices of present points (confidence > 0) more than MAX_OFF_CANVAS canvases off the canvas."""
+    present = points[:, 2] > 0
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    far = (np.abs(x - width / 2) > (MAX_OFF_CANVAS + 0.5) * width) | (
+        np.abs(y - height / 2) > (MAX_OFF_CANVAS + 0.5) * height
+    )
+    return np.nonzero(present & far)[0].tolist()
+
+
 def _empty(n: int) -> np.ndarray:
     return np.zeros((n, 3), dtype=np.float32)
 
@@ -99,16 +125,26 @@ class Pose:
     face: np.ndarray = field(default_factory=lambda: _empty(FACE_POINTS))
 
     def __post_init__(self) -> None:
-        if int(self.canvas_width) <= 0 or int(self.canvas_height) <= 0:
-            raise PoseDataError(
-                f"canvas size must be positive, got {self.canvas_width}x{self.canvas_height}"
-            )
+        check_canvas_size(self.canvas_width, self.canvas_height)
         self.canvas_width = int(self.canvas_width)
         self.canvas_height = int(self.canvas_height)
         self.body = _check_points("body", self.body, BODY_POINTS)
         self.left_hand = _check_points("left hand", self.left_hand, HAND_POINTS)
         self.right_hand = _check_points("right hand", self.right_hand, HAND_POINTS)
         self.face = _check_points("face", self.face, FACE_POINTS)
+        self.check_extent()
+
+    def check_extent(self) -> None:
+        """Raise PoseDataError for a canvas or a present point beyond the limits above."""
+        check_canvas_size(self.canvas_width, self.canvas_height)
+        for name, points in self.parts().items():
+            far = far_points(points, self.canvas_width, self.canvas_height)
+            if far:
+                raise PoseDataError(
+                    f"{name.replace('_', ' ')} points {far} lie more than {MAX_OFF_CANVAS} canvas sizes "
+                    f"({self.canvas_width}x{self.canvas_height}) off the canvas, e.g. at "
+                    f"{tuple(float(v) for v in points[far[0], :2])}; fix or drop those points"
+                )
 
     @property
     def size(self) -> tuple[int, int]:

@@ -47,6 +47,7 @@ from pose_bridge.keypoints import (
     DRAW_CONFIDENCE,
     FACE_POINTS,
     HAND_POINTS,
+    MAX_CANVAS_SIDE,
     Pose,
     PoseSequence,
 )
@@ -219,6 +220,10 @@ def _canvas(d: dict, canvas_size: tuple[int, int] | None, source: str) -> tuple[
         raise PoseFileError(f"{source}: canvas size must be numbers, got {width!r} x {height!r}") from exc
     if not (math.isfinite(fw) and math.isfinite(fh)) or fw <= 0 or fh <= 0 or fw != int(fw) or fh != int(fh):
         raise PoseFileError(f"{source}: canvas size must be positive whole pixels, got {width} x {height}")
+    if fw > MAX_CANVAS_SIDE or fh > MAX_CANVAS_SIDE:
+        raise PoseFileError(
+            f"{source}: canvas size {width} x {height} is beyond the limit of {MAX_CANVAS_SIDE} pixels a side"
+        )
     return int(fw), int(fh)
 
 
@@ -261,7 +266,10 @@ def pose_from_dict(
         for array in chosen.values():
             array[:, 0] *= width
             array[:, 1] *= height
-    return Pose(width, height, **chosen)
+    try:
+        return Pose(width, height, **chosen)
+    except PoseDataError as exc:  # points far off the canvas: name the file
+        raise PoseFileError(f"{source}: {exc}") from exc
 
 
 def read_frame(path: Path | str, person: str | int = "largest", canvas_size: tuple[int, int] | None = None) -> Pose:

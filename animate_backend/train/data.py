@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ import torch
 from PIL import Image
 
 from animate_backend.errors import InputError
+from pose_bridge.files import atomic_write_bytes
 from pose_bridge.keypoints import DRAW_CONFIDENCE, Pose, PoseSequence
 
 logger = logging.getLogger(__name__)
@@ -125,10 +124,7 @@ def write_manifest(path: str | Path, entries: list[dict[str, Any]]) -> None:
                 p = Path(entry[key]).resolve()
                 entry[key] = p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p)
         lines.append(json.dumps(entry))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")

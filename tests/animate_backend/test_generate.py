@@ -156,3 +156,133 @@ def test_generate_command_line_error_is_one_clear_line(tmp_path, reference):
     assert proc.returncode == 2
     assert "error: poses" in proc.stderr and "do not exist" in proc.stderr
     assert not (tmp_path / "out.mp4").exists()
+
+
+def run_generate(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "animate_backend", "generate", *args],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--width", "0", "argument --width: must be a whole number at least 8"),
+    ("--height", "-64", "argument --height: must be a whole number at least 8"),
+    ("--width", "100000", "at most 4096"),
+    ("--guidance", "nan", "argument --guidance: must be a number at least 0"),
+    ("--guidance", "-1", "argument --guidance"),
+    ("--fps", "-5", "argument --fps: must be a number above 0"),
+    ("--fps", "inf", "argument --fps"),
+    ("--steps", "0", "argument --steps"),
+    ("--seed", "-1", "argument --seed"),
+    ("--context-frames", "0", "argument --context-frames"),
+    ("--context-overlap", "-2", "argument --context-overlap"),
+])
+def test_generate_options_out_of_range_are_named(tmp_path, reference, capsys, option, value, says):
+    """Every numeric option is checked by the parser, before anything is read or loaded."""
+    from animate_backend.__main__ import build_parser
+
+    args = ["generate", "--model", "tiny", "--reference", str(reference), "--poses", "p.json",
+            "--out", str(tmp_path / "out.mp4"), option, value]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(args)
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_generate_option_errors_name_the_option_on_the_command_line(tmp_path, reference):
+    proc = run_generate("--model", "tiny", "--reference", str(reference), "--poses", "p.json",
+                        "--out", str(tmp_path / "out.mp4"), "--fps", "-5")
+    assert proc.returncode == 2 and "argument --fps: must be a number above 0" in proc.stderr
+    assert "poses" not in proc.stderr.split("argument --fps")[1], "the poses file is not blamed"
+
+
+def test_generate_function_checks_its_settings_by_name(tmp_path, reference):
+    poses = tmp_path / "poses.json"
+    write_sequence(sequence(2), poses)
+    for kwargs, says in [
+        ({"width": 0}, "--width must be between 8"),
+        ({"guidance_scale": float("nan")}, "--guidance must be a number"),
+        ({"fps": -5.0}, "--fps must be a number above 0"),
+        ({"context_frames": 4, "context_overlap": 4}, "--context-overlap must be between 0"),
+    ]:
+        with pytest.raises(InputError, match=says):
+            generate("tiny", reference, poses, tmp_path / "out.mp4", **kwargs)
+
+
+def test_generate_refuses_to_replace_a_video_without_force(tmp_path, reference, pipelines):
+    poses = tmp_path / "poses.json"
+    write_sequence(sequence(2), poses)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"the user's video")
+    with pytest.raises(InputError, match="already exists.*--force"):
+        generate("tiny", reference, poses, out, steps=1, pipelines=pipelines)
+    assert out.read_bytes() == b"the user's video"
+    folder = tmp_path / "folder.mp4"
+    folder.mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        generate("tiny", reference, poses, folder, steps=1, overwrite=True, pipelines=pipelines)
+
+    generate("tiny", reference, poses, out, steps=1, overwrite=True, pipelines=pipelines)
+    assert video_facts(out)[0] == 2
+
+
+def test_generate_into_a_read_only_folder_fails_before_loading_the_model(tmp_path, reference, monkeypatch):
+    import errno
+
+    from pose_bridge import files
+
+    poses = tmp_path / "poses.json"
+    write_sequence(sequence(2), poses)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_mkstemp = files.tempfile.mkstemp
+
+    def read_only_mkstemp(*args, dir=None, **kwargs):
+        # What the OS says for a read-only folder (chmod 555 does not stop root, who runs CI here).
+        if Path(dir) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only_mkstemp)
+
+    class NoLoading(PipelineCache):
+        def get(self, *args, **kwargs):
+            raise AssertionError("the model must not be loaded when the output cannot be written")
+
+    with pytest.raises(InputError, match="cannot write .*Permission denied.*choose another --out"):
+        generate("tiny", reference, poses, locked / "out.mp4", pipelines=NoLoading())
+
+
+def test_generate_where_the_output_cannot_be_written_fails_before_loading_the_model(tmp_path, reference):
+    """The same for any reason the folder cannot take a file (here: its place is taken by a file)."""
+    poses = tmp_path / "poses.json"
+    write_sequence(sequence(2), poses)
+    (tmp_path / "not_a_folder").write_text("a file")
+
+    class NoLoading(PipelineCache):
+        def get(self, *args, **kwargs):
+            raise AssertionError("the model must not be loaded when the output cannot be written")
+
+    with pytest.raises(InputError, match="cannot write"):
+        generate("tiny", reference, poses, tmp_path / "not_a_folder" / "out.mp4", pipelines=NoLoading())
+
+
+def test_a_huge_reference_is_one_line_naming_the_file_and_the_limit(tmp_path):
+    """A 20000 x 20000 reference: refused from its header, before 1.2 GB of pixels are decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    poses = tmp_path / "poses.json"
+    write_sequence(sequence(2), poses)
+    proc = run_generate("--model", "tiny", "--reference", str(huge), "--poses", str(poses),
+                        "--out", str(tmp_path / "out.mp4"))
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert str(huge) in errors[0] and "16384 pixels a side" in errors[0]
+    assert not (tmp_path / "out.mp4").exists()

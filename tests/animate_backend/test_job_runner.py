@@ -204,6 +204,55 @@ def test_the_loop_schedule_is_a_job_setting_that_changes_the_frames(tmp_path, pi
     assert looped["fingerprint"] != tapered["fingerprint"] and looped["frames_generated"] == 6
 
 
+def test_weights_replaced_in_the_same_folder_make_old_frames_stale(tmp_path):
+    """Re-converting, retraining or make-tiny --force into the model folder is another model:
+    the frames and latents of the old weights are not reused, and a cache loads the new ones."""
+    from animate_backend.tiny import make_tiny_pipeline, save_pipeline_folder
+
+    model = tmp_path / "model"
+    save_pipeline_folder(make_tiny_pipeline(seed=0), model)
+    paths = make_job(tmp_path / "job", frames=2, model=str(model))
+    cache = PipelineCache()
+    first = run_job(paths.root, pipelines=cache)
+    old = [read_image(paths.frame(i)) for i in range(2)]
+    assert run_job(paths.root, pipelines=cache)["frames_reused"] == 2  # nothing changed: kept
+
+    save_pipeline_folder(make_tiny_pipeline(seed=1), model, overwrite=True)  # same sizes, new weights
+    assert not cache.is_loaded(str(model), "cpu"), "the cache must not serve the old weights"
+    events: list[dict] = []
+    second = run_job(paths.root, pipelines=cache, on_event=events.append)
+
+    assert second["fingerprint"] != first["fingerprint"]
+    assert second["frames_generated"] == 2 and "denoising" in stages(events), "old latents are not reused"
+    assert any(not np.array_equal(read_image(paths.frame(i)), old[i]) for i in range(2))
+
+
+def test_the_model_digest_reads_only_a_pipeline_folder():
+    """A job naming "/" (or a home folder) as its model must fail on loading, not walk the disk first."""
+    import time
+
+    from animate_backend.loading import model_digest
+
+    started = time.monotonic()
+    assert model_digest("/") == "missing" and model_digest("tiny") == "tiny"
+    assert time.monotonic() - started < 1
+
+
+def test_another_precision_makes_old_frames_stale(tmp_path, pipelines):
+    paths = make_job(tmp_path / "job", frames=2, precision="fp32")
+    first = run_job(paths.root, pipelines=pipelines)
+    settings = json.loads(paths.settings.read_text())
+    settings["precision"] = "auto"  # fp32 on a CPU: the same computation, frames kept
+    paths.settings.write_text(json.dumps(settings))
+    assert run_job(paths.root, pipelines=pipelines)["frames_reused"] == 2
+
+    settings["precision"] = "bf16"
+    paths.settings.write_text(json.dumps(settings))
+    second = run_job(paths.root, pipelines=pipelines)
+    assert second["fingerprint"] != first["fingerprint"] and second["frames_generated"] == 2
+    assert second["dtype"] == "bfloat16"
+
+
 def test_a_failed_run_with_other_settings_leaves_the_finished_frames_alone(tmp_path, pipelines):
     paths = make_job(tmp_path / "job", frames=2)
     run_job(paths.root, pipelines=pipelines)
@@ -430,3 +479,111 @@ def test_progress_estimates_time_left_from_finished_windows(monkeypatch):
     assert first["stage"] == "denoising" and first["eta_s"] == pytest.approx(38.0)
     assert (third["step"], third["steps"], third["window"], third["windows"]) == (3, 10, 1, 2)
     assert third["eta_s"] == pytest.approx(30.0)
+
+
+def test_outputs_get_the_permissions_of_ordinary_files(tmp_path, pipelines):
+    """Farm nodes and colleagues must be able to read what a job wrote (not 0600 from mkstemp)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        paths = make_job(tmp_path / "job", frames=2)
+        run_job(paths.root, pipelines=pipelines)
+    finally:
+        os.umask(old)
+    files = [paths.settings, paths.reference, paths.poses, paths.video, paths.result, paths.latents,
+             paths.log, *(paths.frame(i) for i in range(2))]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, f"{path.name} is {oct(path.stat().st_mode)}"
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next_run(tmp_path, pipelines):
+    from pose_bridge.files import atomic_path
+
+    paths = make_job(tmp_path / "job", frames=2)
+    run_job(paths.root, pipelines=pipelines)
+    # Writers killed half way: each context is entered and never left, as when the process dies
+    # (kept referenced: a context collected as garbage would clean up after itself).
+    killed = [atomic_path(target) for target in (paths.video, paths.frame(1), paths.latents, paths.result)]
+    for writer in killed:
+        writer.__enter__().write_bytes(b"half a file")
+    leftovers = [p for p in [*paths.out.iterdir(), *paths.frames.iterdir()] if p.name.startswith(".")]
+    assert len(leftovers) == 4
+    (paths.out / "notes.txt").write_text("the user's")
+    (paths.out / ".keep").write_text("also the user's")
+
+    result = run_job(paths.root, pipelines=pipelines)
+
+    assert not any(p.exists() for p in leftovers)
+    assert (paths.out / "notes.txt").read_text() == "the user's" and (paths.out / ".keep").exists()
+    assert result["frames_reused"] == 2
+
+
+def test_a_job_runs_in_one_process_at_a_time(tmp_path, pipelines):
+    paths = make_job(tmp_path / "job", frames=2)
+    with job_runner._job_lock(paths):  # as another process running it holds it
+        with pytest.raises(JobError, match="being run by another process"):
+            run_job(paths.root, pipelines=pipelines)
+    assert run_job(paths.root, pipelines=pipelines)["frames"] == 2
+
+
+def test_ctrl_c_is_recorded_in_the_log_and_a_rerun_finishes(tmp_path, pipelines, monkeypatch):
+    paths = make_job(tmp_path / "job", frames=2)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(job_runner, "denoise", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_job(paths.root, pipelines=pipelines)
+    assert read_log(paths)[-1]["type"] == "interrupted"
+    assert run_job(paths.root, pipelines=pipelines)["frames_generated"] == 2
+
+
+def test_sigterm_stops_the_run_command_like_ctrl_c(tmp_path):
+    """A farm stopping a task sends SIGTERM: the run says so in log.jsonl and exits 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    paths = make_job(tmp_path / "job", frames=2, steps=1000)
+    process = subprocess.Popen([sys.executable, "-m", "animate_backend", "run", str(paths.root), "-q"],
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (paths.log.is_file() and '"denoising"' in paths.log.read_text()):
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert read_log(paths)[-1]["type"] == "interrupted"
+    assert not [p for p in paths.out.rglob(".*")], "no temporary file is left"
+
+
+def test_something_in_the_way_of_an_output_is_a_clear_error_and_is_left_alone(tmp_path, pipelines):
+    for name, block in [("out", "file"), ("out/frames", "file"), ("out/video.mp4", "folder"),
+                        ("out/log.jsonl", "folder"), ("out/frames/0001.png", "folder")]:
+        paths = make_job(tmp_path / name.replace("/", "_"), frames=2)
+        target = paths.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("mine") if block == "file" else target.mkdir()
+        with pytest.raises(JobError, match="is in the way"):
+            run_job(paths.root, pipelines=pipelines)
+        assert target.exists() and (target.is_dir() == (block == "folder"))
+
+
+def test_a_damaged_frame_file_is_made_again(tmp_path, pipelines):
+    paths = make_job(tmp_path / "job", frames=2)
+    run_job(paths.root, pipelines=pipelines)
+    good = read_image(paths.frame(1))
+    paths.frame(1).write_bytes(b"not a png")
+    result = run_job(paths.root, pipelines=pipelines)
+    assert result["frames_generated"] == 1
+    np.testing.assert_allclose(read_image(paths.frame(1)), good, atol=1)  # decoded again from the latents

@@ -300,3 +300,75 @@ def test_crash_and_out_of_memory_inside_a_job_are_error_events(monkeypatch, tmp_
     assert lines.ask({"type": "shutdown"}) == {"type": "bye"}
     thread.join(30)
     assert not thread.is_alive()
+
+
+def test_malformed_requests_during_a_running_job_never_touch_it(tmp_path):
+    """Ids that are lists or objects, wrong field types, garbage bytes: each one is a bad_request
+    error event, and the job that was running when they arrived finishes as if nothing happened."""
+    job = make_job(tmp_path / "job", frames=2, steps=40)
+    process = ServerProcess(tmp_path / "stderr.log")
+    try:
+        process.send({"type": "run", "id": "busy", "job": str(job)})
+        progress, _ = process.until("progress", "busy")
+        while progress["stage"] != "denoising":
+            progress, _ = process.until("progress", "busy")
+
+        bad_requests = [
+            {"type": "run", "id": ["a", "list"], "job": str(job)},
+            {"type": "run", "id": {"an": "object"}, "job": str(job)},
+            {"type": "cancel", "id": ["busy"]},
+            {"type": "cancel", "id": {"busy": 1}},
+            {"type": "run", "id": True, "job": str(job)},
+            {"type": "run", "id": "j2", "job": 42},
+            {"type": "run", "id": "j3", "job": "relative/path"},
+            {"type": "run", "id": "j4", "job": str(job), "priority": "high"},
+            {"type": ["run"]},
+        ]
+        for request in bad_requests:
+            process.send(request)
+        process.proc.stdin.write("[" * 100000 + "\n")  # deeper than json.loads can recurse
+        process.proc.stdin.write('{"type": "ping", "id": NaN}\n')
+        process.proc.stdin.flush()
+        process.proc.stdin.buffer.write(b'\xff\xfe{"type": "ping"}\n')  # not UTF-8
+        process.proc.stdin.buffer.flush()
+
+        errors = []
+        while len(errors) < len(bad_requests) + 3:
+            message = process.next(60)
+            if message["type"] == "error":
+                errors.append(message)
+            assert message["type"] not in ("cancelled", "done") or message["id"] == "busy"
+            assert message["type"] != "cancelled", f"a bad request cancelled the job: {message}"
+        assert all(e["kind"] == "bad_request" for e in errors), errors
+        # An error is addressed to the request's id when that id is valid, else to nobody.
+        assert [e["id"] for e in errors[:len(bad_requests)]] == [None] * 5 + ["j2", "j3", "j4", None]
+        assert "id of a run request" in errors[0]["message"]
+
+        done, before = process.until("done", "busy")
+        assert not any(m["type"] in ("error", "cancelled") and m.get("id") == "busy" for m in before)
+        assert done["result"]["frames"] == 2 and JobPaths(job).video.is_file()
+        process.send({"type": "ping"})
+        assert process.until("pong", timeout=30)[0] == {"type": "pong"}
+        assert process.proc.poll() is None, "the server is still running"
+    finally:
+        process.close()
+    assert not process.bad_lines
+
+
+def test_ctrl_c_cancels_the_running_job_and_its_log_says_so(tmp_path):
+    import signal
+
+    job = make_job(tmp_path / "job", frames=2, steps=500)
+    process = ServerProcess(tmp_path / "stderr.log")
+    try:
+        process.send({"type": "run", "id": "j", "job": str(job)})
+        progress, _ = process.until("progress", "j")
+        while progress["stage"] != "denoising":
+            progress, _ = process.until("progress", "j")
+        process.proc.send_signal(signal.SIGINT)
+        cancelled, _ = process.until("cancelled", "j", timeout=60)
+        assert process.proc.wait(timeout=30) == 130
+    finally:
+        process.close()
+    records = [json.loads(line) for line in JobPaths(job).log.read_text().splitlines()]
+    assert records[-1]["type"] == "cancelled"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,69 @@ def test_make_tiny_save_and_load_round_trip(tiny_pipe, tmp_path, reference_image
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_make_tiny_force_replaces_only_a_pipeline_folder(tmp_path, capsys):
+    """--force replaces what make-tiny (or convert-moore) wrote, never a user's folder or file."""
+    user = tmp_path / "renders"
+    user.mkdir()
+    (user / "shot.mp4").write_bytes(b"a user's video")
+    assert main(["make-tiny", "--out", str(user)]) == 2
+    assert main(["make-tiny", "--out", str(user), "--force"]) == 2
+    assert "not a pipeline folder" in capsys.readouterr().err
+    assert (user / "shot.mp4").read_bytes() == b"a user's video" and len(list(user.iterdir())) == 1
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["make-tiny", "--out", str(a_file), "--force"]) == 2 and a_file.read_text() == "mine"
+
+    model = tmp_path / "tiny"
+    assert main(["make-tiny", "--out", str(model)]) == 0
+    assert main(["make-tiny", "--out", str(model), "--seed", "1"]) == 2  # exists: refused without --force
+    assert main(["make-tiny", "--out", str(model), "--seed", "1", "--force"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "renders", "tiny"], "nothing left over"
+
+
+def test_pipeline_folders_get_the_permissions_of_ordinary_files(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["make-tiny", "--out", str(tmp_path / "tiny")]) == 0
+    finally:
+        os.umask(old)
+    model = tmp_path / "tiny"
+    for path in [model, *model.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), f"{path} is {oct(mode)}"
+
+
+def test_an_interrupted_save_is_cleaned_up_and_an_interrupted_replace_is_undone(tmp_path):
+    """What a killed make-tiny leaves: an unfinished folder beside the target, or (killed between
+    the two renames of --force) the old pipeline set aside. The next save removes the first and
+    puts the second back before deciding anything."""
+    from animate_backend.tiny import make_tiny_pipeline, save_pipeline_folder
+
+    model = tmp_path / "tiny"
+    leftover = tmp_path / ".tiny.partial-k3j9x2"
+    (leftover / "vae").mkdir(parents=True)
+    save_pipeline_folder(make_tiny_pipeline(), model)
+    assert not leftover.exists() and (model / "model_index.json").is_file()
+
+    os.replace(model, tmp_path / ".tiny.partial-old")  # killed after setting the old one aside
+    with pytest.raises(WeightsError, match="already holds a pipeline"):
+        save_pipeline_folder(make_tiny_pipeline(), model)
+    assert (model / "model_index.json").is_file() and not (tmp_path / ".tiny.partial-old").exists()
+
+
+def test_a_damaged_weights_file_is_one_clean_sentence(tmp_path):
+    assert main(["make-tiny", "--out", str(tmp_path / "tiny")]) == 0
+    (tmp_path / "tiny" / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(WeightsError) as error:
+        load_pipeline(str(tmp_path / "tiny"), device="cpu")
+    message = str(error.value)
+    assert ". ." not in message and ".." not in message.replace("...", "")
+    assert "diffusion_pytorch_model.safetensors" in message and "make-tiny --out DIR" in message
+
+
 def test_load_pipeline_tiny_in_memory():
     loaded = load_pipeline("tiny", device="cpu")
     assert loaded.model_id == "tiny" and loaded.untrained and loaded.dtype == torch.float32
@@ -233,6 +297,7 @@ def test_fetch_weights_downloads_the_public_files_then_converts(tmp_path, monkey
     converted = {}
     monkeypatch.setattr(fetch_module, "hf_hub_download", hub)
     monkeypatch.setattr(fetch_module, "is_offline", lambda: False)
+    monkeypatch.setattr(fetch_module, "get_session", lambda: FakeSession())
     monkeypatch.setattr(fetch_module, "convert_moore",
                         lambda *folders, **kwargs: converted.update(folders=folders, **kwargs) or kwargs)
     assert main(["fetch-weights", "--out", str(tmp_path / "model")]) == 0
@@ -267,7 +332,77 @@ def test_fetch_weights_offline_lists_what_the_cache_lacks(tmp_path, monkeypatch)
     with pytest.raises(WeightsError) as error:
         fetch_module.fetch_weights(tmp_path / "model")
     message = str(error.value)
-    assert "offline mode" in message and "unset HF_HUB_OFFLINE" in message
+    assert "offline mode" in message and "unset it" in message and "HF_HUB_OFFLINE is set" in message
     assert "patrolli/AnimateAnyone: motion_module.pth" in message
     assert all(local_only for _, _, local_only in hub.requests)
     assert not (tmp_path / "model").exists()
+
+
+class FakeSession:
+    """Stands in for huggingface_hub's HTTP session: answers, or fails as an unplugged machine does."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error, self.requests = error, []
+
+    def head(self, url, timeout=None):
+        self.requests.append((url, timeout))
+        if self.error is not None:
+            raise self.error
+        return object()
+
+
+def test_fetch_weights_without_a_network_fails_at_once_and_says_so(tmp_path, monkeypatch):
+    """No network: one quick check of the Hub, then only the cache; no download is attempted."""
+    import time
+
+    session = FakeSession(OSError("[Errno -3] Temporary failure in name resolution"))
+    hub = FakeHub(tmp_path / "cache", offline_cache=True)
+    monkeypatch.setattr(fetch_module, "get_session", lambda: session)
+    monkeypatch.setattr(fetch_module, "hf_hub_download", hub)
+    monkeypatch.setattr(fetch_module, "is_offline", lambda: False)
+    started = time.monotonic()
+    with pytest.raises(WeightsError) as error:
+        fetch_module.fetch_weights(tmp_path / "model")
+    assert time.monotonic() - started < 5
+    message = str(error.value)
+    assert len(session.requests) == 1 and session.requests[0][1] <= fetch_module.HUB_CHECK_TIMEOUT_S
+    assert all(local_only for _, _, local_only in hub.requests), "no download once the Hub is unreachable"
+    assert "could not be reached" in message and "name resolution" in message
+    assert "HF_HUB_OFFLINE" not in message, "the user never set it"
+
+
+def test_fetch_weights_offline_flag_checks_no_network_and_names_the_flag(tmp_path, monkeypatch):
+    session = FakeSession()
+    hub = FakeHub(tmp_path / "cache", offline_cache=True)
+    monkeypatch.setattr(fetch_module, "get_session", lambda: session)
+    monkeypatch.setattr(fetch_module, "hf_hub_download", hub)
+    monkeypatch.setattr(fetch_module, "is_offline", lambda: False)
+    with pytest.raises(WeightsError) as error:
+        fetch_module.fetch_weights(tmp_path / "model", offline=True)
+    assert session.requests == [], "offline mode makes no network request"
+    assert "without --offline" in str(error.value) and "HF_HUB_OFFLINE" not in str(error.value)
+
+
+def test_fetch_weights_force_never_replaces_a_users_folder_and_checks_before_downloading(tmp_path, monkeypatch):
+    session = FakeSession()
+    hub = FakeHub(tmp_path / "cache")
+    monkeypatch.setattr(fetch_module, "get_session", lambda: session)
+    monkeypatch.setattr(fetch_module, "hf_hub_download", hub)
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "thesis.pdf").write_bytes(b"years of work")
+    with pytest.raises(WeightsError, match="not a pipeline folder"):
+        fetch_module.fetch_weights(mine, overwrite=True)
+    assert hub.requests == [] and session.requests == [], "refused before any download"
+    assert [p.name for p in mine.iterdir()] == ["thesis.pdf"]
+
+
+def test_hf_hub_offline_in_the_environment_is_respected(tmp_path, monkeypatch):
+    session = FakeSession()
+    hub = FakeHub(tmp_path / "cache", offline_cache=True)
+    monkeypatch.setattr(fetch_module, "get_session", lambda: session)
+    monkeypatch.setattr(fetch_module, "hf_hub_download", hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set"):
+        fetch_module.fetch_weights(tmp_path / "model")
+    assert session.requests == [] and all(local_only for _, _, local_only in hub.requests)

@@ -242,3 +242,26 @@ def test_cli_can_start_from_the_settings_saved_in_the_animate_tab(tmp_path):
                                    expected.poses[0].body[BODY_INDEX["left_wrist"]], atol=1e-3)
     finally:
         blender_addon.unregister()  # cli.main registered the add-on to read the tab's settings
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--steps", "0"), ("--guidance", "nan"), ("--guidance", "-2"), ("--seed", "-1"),
+    ("--context-frames", "0"), ("--context-overlap", "-1"), ("--size", "0x64"), ("--size", "64x99999"),
+])
+def test_cli_numeric_options_are_checked_and_named(option, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["--out", "job", option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--takes", "0"), ("--frames", "-3"), ("--samples", "0"), ("--random-fraction", "1.5"),
+    ("--max-angle", "nan"), ("--azimuth", "nan,3"), ("--seed", "-1"),
+])
+def test_dataset_numeric_options_are_checked_and_named(option, value, capsys):
+    from blender_addon import dataset
+
+    with pytest.raises(SystemExit):
+        dataset.build_parser().parse_args(["character.blend", "--out", "data", option, value])
+    assert f"argument {option}" in capsys.readouterr().err

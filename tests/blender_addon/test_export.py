@@ -88,14 +88,18 @@ def test_default_size_is_the_render_size_with_its_percentage_rounded_to_8(scene,
     assert (scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage) == (250, 190, 50)
 
 
-def test_a_new_export_replaces_an_old_job_whole_and_never_a_users_folder(scene, tmp_path):
+def test_a_new_export_replaces_the_addons_files_and_never_a_users_folder(scene, tmp_path):
     job_dir = tmp_path / "job"
     export_job(scene, options(frame_end=3), job_dir)
     (job_dir / "out").mkdir()
+    (job_dir / "out" / "frames").mkdir()
+    (job_dir / "out" / "frames" / "0001.png").write_bytes(b"a frame")
     (job_dir / "out" / "result.json").write_text("{}")
-    export_job(scene, options(frame_end=2), job_dir)
+    export_job(scene, options(frame_end=2, reference="image", image_path=str(job_dir / "reference.png")), job_dir)
     assert sorted(p.name for p in (job_dir / "poses").iterdir()) == ["0001.png", "0002.png"]
-    assert not (job_dir / "out").exists()  # results of the old poses do not survive
+    assert (job_dir / "out" / "frames" / "0001.png").read_bytes() == b"a frame", "the backend's to judge"
+    assert not (job_dir / "out" / "result.json").exists(), "the old run no longer says this job is finished"
+    assert not (job_dir / "reference_pose.json").exists(), "the old export's skeleton went with it"
     assert [p.name for p in tmp_path.iterdir()] == ["job"]
 
     # A failed export leaves the previous job exactly as it was.
@@ -251,3 +255,48 @@ def test_bad_generation_settings_fail_before_any_work(scene, tmp_path):
     with pytest.raises(AddonError, match="unknown reference mode 'photo'"):
         export_job(scene, options(reference="photo"), tmp_path / "job")
     assert not list(tmp_path.iterdir())
+
+
+def test_exporting_a_shot_again_keeps_the_backends_work_and_the_users_files(scene, tmp_path):
+    """Re-exporting (the command line, a batch, Generate) rewrites only the add-on's files; the
+    runner's own resume then keeps what still matches and remakes what does not."""
+    pytest.importorskip("torch")
+    from animate_backend.job_runner import PipelineCache, run_job
+
+    job_dir = tmp_path / "sh010"
+    from blender_addon.batch import is_done
+
+    shot = options(frame_end=2, steps=1, context_frames=8, context_overlap=2, device="cpu", guidance=1.0,
+                   provenance={"batch": {"options": "opts", "blend_sha256": ["blend"]}})
+    export_job(scene, shot, job_dir)
+    cache = PipelineCache()
+    first = run_job(job_dir, pipelines=cache)
+    assert is_done(job_dir, "blend", "opts")
+    frames = {p.name: p.read_bytes() for p in (job_dir / "out" / "frames").iterdir()}
+    (job_dir / "notes.txt").write_text("the director's notes")
+    (job_dir / "out" / "grade.cube").write_text("a colourist's LUT")
+
+    export_job(scene, shot, job_dir)  # the same shot again: nothing the runner made is lost
+    assert not is_done(job_dir, "blend", "opts"), "not finished until the backend has run the new export"
+    assert (job_dir / "notes.txt").read_text() == "the director's notes"
+    assert (job_dir / "out" / "grade.cube").read_text() == "a colourist's LUT"
+    assert {p.name: p.read_bytes() for p in (job_dir / "out" / "frames").iterdir()} == frames
+    again = run_job(job_dir, pipelines=cache)
+    assert again["frames_reused"] == 2 and again["fingerprint"] == first["fingerprint"]
+    assert is_done(job_dir, "blend", "opts")
+
+    export_job(scene, options(**{**shot.__dict__, "seed": 8}), job_dir)  # changed: the runner remakes it
+    changed = run_job(job_dir, pipelines=cache)
+    assert changed["frames_generated"] == 2 and changed["fingerprint"] != first["fingerprint"]
+    assert (job_dir / "notes.txt").exists() and (job_dir / "out" / "grade.cube").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name != "sh010"], "no staging folder left beside the job"
+
+
+def test_what_a_killed_export_left_is_cleaned_up_by_the_next(scene, tmp_path):
+    job_dir = tmp_path / "job"
+    (tmp_path / ".job.partial-x1y2z3" / "poses").mkdir(parents=True)  # killed while staging
+    export_job(scene, options(frame_end=2), job_dir)
+    (job_dir / ".poses.partial-old").mkdir()  # killed while moving the skeletons in
+    export_job(scene, options(frame_end=2), job_dir)
+    assert [p.name for p in tmp_path.iterdir()] == ["job"]
+    assert not [p for p in job_dir.iterdir() if p.name.startswith(".")]

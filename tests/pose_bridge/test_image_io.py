@@ -23,7 +23,7 @@ def test_decode_png_reads_pillow_pngs_with_row_filters(tmp_path):
     image[:, :6] = 40  # flat areas make Pillow pick Sub/Up filters
     Image.fromarray(image).save(tmp_path / "p.png")
     np.testing.assert_array_equal(decode_png((tmp_path / "p.png").read_bytes()), image)
-    rgba = np.concatenate([image, np.full((9, 11, 1), 7, np.uint8)], axis=2)
+    rgba = np.concatenate([image, np.full((9, 11, 1), 255, np.uint8)], axis=2)  # opaque: colours as they are
     Image.fromarray(rgba).save(tmp_path / "a.png")
     np.testing.assert_array_equal(decode_png((tmp_path / "a.png").read_bytes()), image)
 
@@ -79,3 +79,66 @@ def test_decode_png_average_filter():
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 3, 4, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     np.testing.assert_array_equal(decode_png(png), image)
+
+
+def png_bytes(pixels: np.ndarray, colour_type: int) -> bytes:
+    """A PNG file of uint8 or uint16 (big-endian on disk) pixels, rows unfiltered: any kind, for tests."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    data = pixels.astype(">u2").tobytes() if depth == 16 else pixels.tobytes()
+    row = len(data) // height
+    raw = b"".join(b"\x00" + data[y * row:(y + 1) * row] for y in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("colour_type, shape", [(0, (4, 6)), (2, (4, 6, 3)), (6, (4, 6, 4))])
+def test_16_bit_pngs_are_scaled_not_clipped_to_white(tmp_path, colour_type, shape):
+    """16-bit renders (Blender's "16 bit" PNG option) read as what they show, with and without Pillow."""
+    values = np.linspace(0, 65535, int(np.prod(shape[:2]))).astype(np.uint16).reshape(shape[:2])
+    pixels = np.repeat(values[:, :, None], shape[2], axis=2) if len(shape) == 3 else values
+    if colour_type == 6:
+        pixels[:, :, 3] = 65535  # opaque
+    (tmp_path / "deep.png").write_bytes(png_bytes(pixels, colour_type))
+    expected = np.repeat(np.round(values / 257.0).astype(np.uint8)[:, :, None], 3, axis=2)
+
+    np.testing.assert_allclose(decode_png((tmp_path / "deep.png").read_bytes()), expected, atol=0)
+    # Pillow keeps 16-bit grey as 16 bits but cuts 16-bit colour to its high byte: within 1.
+    np.testing.assert_allclose(read_image(tmp_path / "deep.png"), expected, atol=1)
+    assert read_image(tmp_path / "deep.png")[-1, -1].tolist() == [255, 255, 255]
+    assert read_image(tmp_path / "deep.png")[0, 0].tolist() == [0, 0, 0]
+
+
+def test_transparency_is_composited_onto_white_by_every_reader(tmp_path):
+    """One rule: read_image (Pillow or not), the pipeline's own preprocessing, grey+alpha too."""
+    from PIL import Image
+
+    pytest.importorskip("torch", reason="the pipeline's preprocessing needs the backend's environment")
+    from animate_backend.pipeline import to_rgb_array
+
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[:, :, :3] = (200, 40, 10)
+    rgba[:, :2, 3] = 255  # left half opaque
+    rgba[:, 2:, 3] = 0  # right half transparent (its colour is black underneath)
+    rgba[0, 3] = (0, 0, 0, 128)  # half see-through black: mid grey
+    Image.fromarray(rgba).save(tmp_path / "cut_out.png")
+    expected = np.full((4, 4, 3), 255, np.uint8)
+    expected[:, :2] = (200, 40, 10)
+    expected[0, 3] = 127
+
+    for image in (read_image(tmp_path / "cut_out.png"), decode_png((tmp_path / "cut_out.png").read_bytes()),
+                  to_rgb_array(Image.open(tmp_path / "cut_out.png")), to_rgb_array(rgba)):
+        np.testing.assert_allclose(image, expected, atol=1)
+
+    grey_alpha = np.zeros((2, 2, 2), np.uint8)
+    grey_alpha[0] = (30, 255)
+    (tmp_path / "la.png").write_bytes(png_bytes(grey_alpha, 4))
+    for image in (read_image(tmp_path / "la.png"), decode_png((tmp_path / "la.png").read_bytes())):
+        assert image[0].tolist() == [[30, 30, 30]] * 2 and image[1].tolist() == [[255, 255, 255]] * 2

@@ -100,3 +100,28 @@ def test_a_failed_re_export_does_not_leave_the_old_settings(tmp_path, monkeypatc
         write_job(tmp_path, settings(2), reference_image(), poses(2))
     with pytest.raises(JobError, match="job.json is missing"):
         read_job(tmp_path)
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"model": 123}, "model must be text"),
+    ({"output_kinds": "video"}, "output_kinds must be a list"),
+    ({"draw_hands": "no"}, "draw_hands must be true or false"),  # "no" is truthy: it would draw hands
+    ({"provenance": []}, "provenance must be an object"),
+    ({"steps": 2.7}, "steps must be a whole number"),  # not silently 2
+    ({"context_frames": "8"}, "context_frames must be a whole number"),
+    ({"format_version": "1"}, "format_version must be a whole number"),
+    ({"seed": 1e30}, "seed must be a whole number from 0"),
+    ({"width": 8192, "height": 8192}, "beyond the limit of 4096"),
+    ({"steps": 5000}, "steps must be at most 1000"),
+])
+def test_settings_of_the_wrong_type_or_beyond_limits_are_named(tmp_path, change, says):
+    """A hand-edited or foreign job.json: every wrong setting is named, none crashes the reader."""
+    from pose_bridge.job import read_settings
+
+    write_job(tmp_path / "job", JobSettings(width=64, height=64, frame_end=1), np.zeros((8, 8, 3), np.uint8),
+              PoseSequence([standing_pose()], 24.0))
+    data = json.loads((tmp_path / "job" / "job.json").read_text())
+    data.update(change)
+    (tmp_path / "job" / "job.json").write_text(json.dumps(data))
+    with pytest.raises(JobError, match=says):
+        read_settings(tmp_path / "job")

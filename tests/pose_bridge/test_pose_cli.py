@@ -86,3 +86,76 @@ def test_detect_command_on_image_and_folder_of_videos(tmp_path, capsys):
 
     assert main(["detect", str(tmp_path / "still.png"), "--models", str(tmp_path / "nomodels"), "--out", "x.json"]) == 2
     assert "huggingface.co/yzd-v/DWPose" in capsys.readouterr().err
+
+
+def test_draw_refuses_existing_outputs_unless_force(sequence_file, tmp_path, capsys):
+    out = tmp_path / "png"
+    out.mkdir()
+    (out / ".0001.png.partial-a8f3k2.png").write_bytes(b"left by a killed run")
+    assert main(["draw", str(sequence_file), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0001.png", "0002.png"]
+    (out / "0002.png").write_bytes(b"edited by hand")
+    assert main(["draw", str(sequence_file), "--out", str(out)]) == 2
+    assert "0001.png already exists" in capsys.readouterr().err
+    assert (out / "0002.png").read_bytes() == b"edited by hand", "nothing written when refused"
+    assert main(["draw", str(sequence_file), "--out", str(out), "--force"]) == 0
+    assert read_image(out / "0002.png").shape == (64, 64, 3)
+
+    pytest.importorskip("av")
+    assert main(["draw", str(sequence_file), "--out", str(tmp_path), "--video"]) == 0
+    video = tmp_path / "poses.mp4"
+    video.write_bytes(b"someone's video")
+    assert main(["draw", str(sequence_file), "--out", str(tmp_path), "--video"]) == 2
+    assert video.read_bytes() == b"someone's video"
+    assert main(["draw", str(sequence_file), "--out", str(tmp_path), "--video", "--force"]) == 0
+    assert len(list(read_video(video))) == 2
+
+
+def test_retarget_replaces_only_a_pose_file_and_only_with_force(tmp_path, capsys):
+    write_frame(standing_pose(), tmp_path / "ref.json")
+    write_frame(standing_pose().resized(1024, 1024), tmp_path / "drv.json")
+    args = ["retarget", "--reference", str(tmp_path / "ref.json"), "--driving", str(tmp_path / "drv.json")]
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}')
+    assert main(args + ["--out", str(notes)]) == 2
+    assert main(args + ["--out", str(notes), "--force"]) == 2
+    assert "not a pose file" in capsys.readouterr().err and notes.read_text() == '{"my": "notes"}'
+
+    out = tmp_path / "out.json"
+    assert main(args + ["--out", str(out)]) == 0
+    before = out.read_text()
+    assert main(args + ["--out", str(out), "--mode", "global"]) == 2 and out.read_text() == before
+    assert main(args + ["--out", str(out), "--mode", "global", "--force"]) == 0
+
+
+def test_a_keypoint_far_off_the_canvas_is_one_line_and_no_frame_is_written(tmp_path):
+    """A keypoint at 1e30 (a broken exporter): an error naming the file and the limit, not a crash
+    inside the drawing with some frames written."""
+    import json
+
+    seq = PoseSequence([standing_pose().resized(64, 64)] * 3, fps=8)
+    write_sequence(seq, tmp_path / "poses.json")
+    data = json.loads((tmp_path / "poses.json").read_text())
+    data["frames"][2]["people"][0]["pose_keypoints_2d"][3:5] = [1e30, 5.0]
+    (tmp_path / "poses.json").write_text(json.dumps(data))
+    proc = subprocess.run([sys.executable, "-m", "pose_bridge", "draw", str(tmp_path / "poses.json"),
+                           "--out", str(tmp_path / "png")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "poses.json, frame 2" in lines[0] and "10 canvas sizes" in lines[0], lines
+    assert not (tmp_path / "png").exists()
+
+
+def test_canvas_sizes_have_an_upper_bound(tmp_path, capsys):
+    import json
+
+    frame = {"canvas_width": 1e12, "canvas_height": 1e12, "people": []}
+    (tmp_path / "huge.json").write_text(json.dumps(frame))
+    assert main(["draw", str(tmp_path / "huge.json"), "--out", str(tmp_path / "png")]) == 2
+    err = capsys.readouterr().err
+    assert "huge.json" in err and "16384 pixels a side" in err and len(err.strip().splitlines()) == 1
+    write_frame(standing_pose(), tmp_path / "ok.json")
+    with pytest.raises(SystemExit):
+        main(["draw", str(tmp_path / "ok.json"), "--out", str(tmp_path / "png"), "--size", "1000000x1000000"])
+    assert "at most 16384" in capsys.readouterr().err
+    assert not (tmp_path / "png").exists()
