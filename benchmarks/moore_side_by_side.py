@@ -37,14 +37,18 @@ Without guidance Moore sums overlapping windows' predictions instead of averagin
 windowed case is compared with guidance only.
 
 Moore's side needs a checkout of https://github.com/MooreThreads/Moore-AnimateAnyone and its own
-Python environment (diffusers 0.24, which needs an older huggingface_hub). Made like this
-(CPU-only torch; any torch from 2.0 on works with Moore's code):
+Python environment: diffusers 0.24 (which imports huggingface_hub's `cached_download`, gone
+from 0.26 on), a transformers of its time, and a CPU torch (Moore's code runs on any torch from
+2.0 on; its pinned 2.0.1 CUDA build is several GB). These commands made the one measured here:
 
     git clone https://github.com/MooreThreads/Moore-AnimateAnyone ~/Moore-AnimateAnyone
     python3.11 -m venv ~/moore-venv
-    ~/moore-venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-    ~/moore-venv/bin/pip install diffusers==0.24.0 "huggingface_hub<0.26" transformers==4.38.2 \\
-        "accelerate<0.30" einops omegaconf "numpy<2" pillow
+    ~/moore-venv/bin/pip install torch==2.13.0 "diffusers==0.24.0" "huggingface_hub<0.26" \\
+        "transformers==4.38.2" einops omegaconf "numpy<2" pillow "accelerate<0.30"
+
+(where pip's default torch is a CUDA build, install torch first with
+`--index-url https://download.pytorch.org/whl/cpu`). Only Moore's model and pipeline modules
+are imported, so the rest of its requirements.txt (gradio, onnxruntime, xformers...) is not needed.
 
 The weights are cached in --workdir (reused when the size and seed match); the converted folder
 is made anew every run, so a changed converter is always measured.
@@ -65,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from side_by_side_ours import WRITER as WEIGHTS_WRITER  # this folder is on sys.path; imports no torch
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
@@ -72,9 +77,11 @@ OURS_DRIVER = BENCHMARKS / "side_by_side_ours.py"
 MOORE_DRIVER = BENCHMARKS / "side_by_side_moore.py"
 
 # Video sizes per benchmark size (issue 13): "narrow" and "sd15" are the speed figures, "tiny" is
-# the quick fidelity check. tiny and narrow use the same narrow model.
+# the quick fidelity check. tiny and narrow use the same narrow model. Not smaller than 128x128:
+# at 64x64 the UNet's lowest level is 1x1 latent pixel, where GroupNorm normalises 2 values per
+# group and amplifies float32 rounding (random weights: 1e-2 where 128x128 gives 1e-5).
 DEFAULTS = {
-    "tiny": {"width": 64, "height": 64, "frames": 8, "steps": 10},
+    "tiny": {"width": 128, "height": 128, "frames": 8, "steps": 10},
     "narrow": {"width": 256, "height": 256, "frames": 16, "steps": 10},
     "sd15": {"width": 256, "height": 256, "frames": 8, "steps": 4},
 }
@@ -90,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--moore-python", type=Path, required=True, help="the Python of Moore's environment")
     parser.add_argument("--size", choices=tuple(DEFAULTS), default="narrow",
                         help="narrow: 256x256, 16 frames, 10 steps, narrow model; sd15: SD 1.5 widths, 256x256, "
-                             "8 frames, 4 steps; tiny: the narrow model at 64x64, 8 frames, 10 steps")
+                             "8 frames, 4 steps; tiny: the narrow model at 128x128, 8 frames, 10 steps")
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--frames", type=int)
@@ -212,21 +219,33 @@ def check_moore(args: argparse.Namespace) -> None:
 
 
 def prepare_weights(args: argparse.Namespace, workdir: Path) -> Path:
-    """The random weights in Moore's layout for this size and seed, written once per workdir."""
+    """The random weights in Moore's layout for this size and seed, written once per workdir.
+
+    Written into a temporary folder and renamed when complete; a folder of ours (it has our
+    stamp) from another version of the writer is replaced, anything else is left alone.
+    """
     weights = workdir / f"weights-{args.size}-seed{args.seed}"
     stamp = weights / "side_by_side.json"
+    wanted = {"size": args.size, "seed": args.seed, "writer": WEIGHTS_WRITER}
     if stamp.is_file():
         info = json.loads(stamp.read_text())
-        if info.get("size") == args.size and info.get("seed") == args.seed:
+        if all(info.get(key) == value for key, value in wanted.items()):
             print(f"reusing the random weights in {weights}")
             return weights
-    if weights.exists() and any(weights.iterdir()):
+    elif weights.exists():
         raise SystemExit(f"{weights} exists but was not written by this script; choose another --workdir")
     print(f"writing random {args.size} weights in Moore's layout to {weights}", flush=True)
-    log = workdir / f"write-weights-{args.size}.log"
-    Runner(args, workdir, weights, weights).call(
-        [sys.executable, str(OURS_DRIVER), "write-weights", str(weights), "--size", args.size, "--seed", str(args.seed)],
-        log, ours_env(), REPO)
+    staging = Path(tempfile.mkdtemp(prefix=f".{weights.name}.", dir=workdir))
+    try:
+        Runner(args, workdir, staging, staging).call(
+            [sys.executable, str(OURS_DRIVER), "write-weights", str(staging), "--size", args.size,
+             "--seed", str(args.seed)],
+            workdir / f"write-weights-{args.size}.log", ours_env(), REPO)
+        if weights.exists():
+            shutil.rmtree(weights)  # ours, from another version of the writer (checked above)
+        os.replace(staging, weights)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return weights
 
 

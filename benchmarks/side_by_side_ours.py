@@ -34,6 +34,8 @@ import numpy as np
 # - the CLIP vision tower takes 224x224 images: Moore resizes the reference to 224x224;
 # - the Pose Guider has the released channels (16, 32, 96, 256), which convert-moore assumes.
 SIZES = ("tiny", "narrow", "sd15")
+# The version of write_weights: moore_side_by_side.py rewrites cached weights of another version.
+WRITER = 2
 
 
 def model_config(size: str) -> dict:
@@ -79,25 +81,44 @@ def write_weights(folder: Path, size: str, seed: int) -> None:
     config = model_config(size)
     generator = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    # One model at a time, saved and dropped, so an SD 1.5-size set fits in about 11 GB.
+    # moore_state_dicts names each part as Moore's files do; the parts not at hand are empty.
+    def save_moore_file(**part) -> None:
+        empty = torch.nn.Module()
+        parts = {"denoising_unet": empty, "reference_unet": empty, "pose_guider": empty, **part}
+        for name, state in moore_state_dicts(types.SimpleNamespace(**parts)).items():
+            if state:
+                torch.save(state, folder / name)
+
     reference_unet = UNet2DConditionModel(**config["unet"])
+    perturb_norms(reference_unet, generator)
+    save_moore_file(reference_unet=reference_unet)
+    # A complete SD UNet folder (Moore's from_pretrained_2d reads its weights before the .pth files).
+    reference_unet.save_pretrained(folder / "stable-diffusion-v1-5" / "unet", safe_serialization=True)
+    del reference_unet
+
     denoising_unet = build_denoising_unet(config["unet"], config["motion"])
+    perturb_norms(denoising_unet, generator)
+    save_moore_file(denoising_unet=denoising_unet)  # denoising_unet.pth and motion_module.pth
+    del denoising_unet
+
     pose_guider = PoseGuider(**config["pose_guider"])
     # A zero conv_out (the trained model's initialisation) would hide the pose in a random model.
     torch.nn.init.normal_(pose_guider.conv_out.weight, std=0.02)
-    vae = AutoencoderKL(**config["vae"])
-    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config["image_encoder"]))
-    for model in (reference_unet, denoising_unet, pose_guider, vae, image_encoder):
-        perturb_norms(model, generator)
+    perturb_norms(pose_guider, generator)
+    save_moore_file(pose_guider=pose_guider)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    parts = types.SimpleNamespace(denoising_unet=denoising_unet, reference_unet=reference_unet, pose_guider=pose_guider)
-    for name, state in moore_state_dicts(parts).items():
-        torch.save(state, folder / name)
-    reference_unet.save_pretrained(folder / "stable-diffusion-v1-5" / "unet", safe_serialization=True)
+    vae = AutoencoderKL(**config["vae"])
+    perturb_norms(vae, generator)
     vae.save_pretrained(folder / "sd-vae-ft-mse", safe_serialization=True)
+    del vae
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config["image_encoder"]))
+    perturb_norms(image_encoder, generator)
     image_encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
     (folder / "side_by_side.json").write_text(json.dumps(
-        {"size": size, "seed": seed, "pose_guider_channels": config["pose_guider"]["block_out_channels"]}, indent=1))
+        {"size": size, "seed": seed, "writer": WRITER, "pose_guider_channels": config["pose_guider"]["block_out_channels"]}, indent=1))
 
 
 def capabilities() -> dict:
