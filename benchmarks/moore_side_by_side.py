@@ -19,7 +19,9 @@ What it does:
 Speed mode (default): runs alternate (ours, Moore, ours, Moore, ...), and it prints seconds per
 frame (wall and process CPU time), the split between denoising (everything before the VAE
 decode, including the reference encoding) and decoding, each process's peak resident memory
-(ru_maxrss, model loading included) and the ratios. Model loading is not timed.
+(ru_maxrss, model loading included) and the ratios. Model loading is not timed. With
+`--device cuda` (a CUDA torch in both environments) both sides run there in --precision, after
+one untimed warm-up call per process, and the peak CUDA memory of the timed call is printed too.
 
 Fidelity mode (--check-fidelity): one thread per process, and for each case the relative L2
 difference of the final latents (Moore's as the reference), the largest absolute difference of
@@ -112,6 +114,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="runs per side in speed mode (alternated)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process in speed mode (default: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda needs a CUDA torch in both environments)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="model precision of both sides (fidelity: fp32 only)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed calls before the timed one, in each process (default: 1 on cuda, 0 on cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="folder for the weights and runs (default: a temporary folder, removed at the end)")
@@ -120,6 +127,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in DEFAULTS[args.size].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.warmup is None:
+        args.warmup = 1 if args.device.startswith("cuda") else 0
+    if args.check_fidelity and args.precision != "fp32":
+        parser.error("--check-fidelity compares float32 runs; leave --precision out")
     return args
 
 
@@ -320,7 +331,8 @@ def check_fidelity(args: argparse.Namespace, runner: Runner, inputs: dict) -> in
     for case in cases:
         settings = {"width": args.width, "height": args.height, "steps": args.steps, "guidance": case.guidance,
                     "context_frames": case.context_frames, "context_overlap": case.context_overlap,
-                    "context_schedule": case.context_schedule, "threads": 1}
+                    "context_schedule": case.context_schedule, "threads": 1, "device": args.device,
+                    "precision": "fp32", "warmup": 0}
         _, ours = runner.run("ours", inputs, settings)
         _, moore = runner.run("moore", inputs, settings)
         latents = rel_l2(ours["latents"], moore["latents"])
@@ -344,14 +356,15 @@ def per_frame(results: list[dict], key: str, frames: int) -> float:
 def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
     settings = {"width": args.width, "height": args.height, "steps": args.steps, "guidance": args.guidance,
                 "context_frames": args.context_frames, "context_overlap": args.context_overlap,
-                "context_schedule": args.context_schedule, "threads": args.threads}
+                "context_schedule": args.context_schedule, "threads": args.threads, "device": args.device,
+                "precision": args.precision, "warmup": args.warmup}
     if args.context_schedule == "loop" and not our_capabilities()["context_schedule"]:
         raise SystemExit("our pipeline has no context_schedule setting yet; leave --context-schedule out")
     if args.frames > args.context_frames and args.context_schedule != "loop":
         print("note: the video is longer than one window and our windows differ from Moore's (pass "
               "--context-schedule loop for the same windows)")
-    print(f"\nspeed: {args.size} model, {args.width}x{args.height}, {args.frames} frames, {args.steps} steps, "
-          f"CFG {args.guidance:g}, windows of {args.context_frames} (overlap {args.context_overlap}), "
+    print(f"\nspeed: {args.size} model on {args.device} in {args.precision}, {args.width}x{args.height}, "
+          f"{args.frames} frames, {args.steps} steps, CFG {args.guidance:g}, windows of {args.context_frames} (overlap {args.context_overlap}), "
           f"{args.repeats} run(s) per side, alternated, each in its own process")
     results: dict[str, list[dict]] = {"ours": [], "moore": []}
     arrays: dict[str, dict] = {}
@@ -361,7 +374,8 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
             results[side].append(result)
             print(f"  run {repeat + 1} {side:<5}: {result['wall']:8.2f} s wall, {result['cpu']:8.2f} s CPU "
                   f"(denoise {result['denoise_wall']:.2f} s, decode {result['decode_wall']:.2f} s), "
-                  f"peak RSS {result['peak_rss_mib']:.0f} MiB, {result['threads']} thread(s)", flush=True)
+                  f"peak RSS {result['peak_rss_mib']:.0f} MiB (loading: {result['peak_before_call_mib']:.0f}), "
+                  f"{result['threads']} thread(s)", flush=True)
 
     frames = args.frames
     rows = [
@@ -376,6 +390,11 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
     ours_peak = max(r["peak_rss_mib"] for r in results["ours"])
     moore_peak = max(r["peak_rss_mib"] for r in results["moore"])
     print(f"  {'peak RSS, MiB (ours/Moore)':<34} {ours_peak:>10.0f} {moore_peak:>10.0f} {ours_peak / moore_peak:>10.2f}x")
+    if results["ours"][0].get("peak_device_mib") is not None:
+        ours_device = max(r["peak_device_mib"] for r in results["ours"])
+        moore_device = max(r["peak_device_mib"] for r in results["moore"])
+        print(f"  {'peak device memory, MiB':<34} {ours_device:>10.0f} {moore_device:>10.0f} "
+              f"{ours_device / moore_device:>10.2f}x")
     if arrays.get("ours") and arrays.get("moore"):
         print(f"  outputs of the last runs: final latents differ by {rel_l2(arrays['ours']['latents'], arrays['moore']['latents']):.2e} "
               f"(relative L2), video by {np.abs(arrays['ours']['video'] - arrays['moore']['video']).max():.2e} (max)")

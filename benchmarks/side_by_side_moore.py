@@ -36,7 +36,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_pipeline(moore: Path, weights: Path):
+def clock(device) -> tuple[float, float]:
+    """(wall, process CPU) seconds, after the device has finished its queued work."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter(), time.process_time()
+
+
+def build_pipeline(moore: Path, weights: Path, device: str = "cpu", dtype=None):
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler
     from omegaconf import OmegaConf
@@ -78,7 +87,7 @@ def build_pipeline(moore: Path, weights: Path):
         vae=vae, image_encoder=image_encoder, reference_unet=reference_unet,
         denoising_unet=denoising_unet, pose_guider=pose_guider, scheduler=scheduler,
     )
-    return pipe.to("cpu", dtype=torch.float32)
+    return pipe.to(device, dtype=dtype or torch.float32)
 
 
 def main(argv=None) -> int:
@@ -94,9 +103,11 @@ def main(argv=None) -> int:
     inputs = np.load(job_folder / "inputs.npz")
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
+    device = torch.device(job.get("device", "cpu"))
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[job.get("precision", "fp32")]
 
     loaded = time.perf_counter()
-    pipe = build_pipeline(moore, Path(job["weights"]))
+    pipe = build_pipeline(moore, Path(job["weights"]), device, dtype)
     pipe.set_progress_bar_config(disable=True)
     loaded = time.perf_counter() - loaded
     record: dict = {}
@@ -115,11 +126,11 @@ def main(argv=None) -> int:
 
     def timed_decode(latents):
         record["latents"] = latents.detach().float().cpu().numpy().copy()
-        record["decode_start"] = (time.perf_counter(), time.process_time())
+        record["decode_start"] = clock(device)
         try:
             return decode_latents(latents)
         finally:
-            record["decode_end"] = (time.perf_counter(), time.process_time())
+            record["decode_end"] = clock(device)
 
     pipe.prepare_latents = prepare_latents
     pipe.decode_latents = timed_decode
@@ -128,13 +139,22 @@ def main(argv=None) -> int:
 
     reference = Image.fromarray(inputs["reference"])
     poses = [Image.fromarray(frame) for frame in inputs["skeletons"]]
+
+    def call():
+        return pipe(
+            reference, poses, job["width"], job["height"], len(poses), job["steps"], job["guidance"],
+            context_frames=job["context_frames"], context_overlap=job["context_overlap"],
+        ).videos  # (1, 3, F, H, W) in [0, 1]
+
+    for _ in range(int(job.get("warmup", 0))):  # untimed (GPU kernels, allocator)
+        call()
+    clip.clear()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     rss_loaded, peak_loaded = rss_mib(), peak_rss_mib()
-    start = (time.perf_counter(), time.process_time())
-    video = pipe(
-        reference, poses, job["width"], job["height"], len(poses), job["steps"], job["guidance"],
-        context_frames=job["context_frames"], context_overlap=job["context_overlap"],
-    ).videos  # (1, 3, F, H, W) in [0, 1]
-    end = (time.perf_counter(), time.process_time())
+    start = clock(device)
+    video = call()
+    end = clock(device)
 
     result = {
         "side": "moore",
@@ -148,13 +168,13 @@ def main(argv=None) -> int:
         "rss_loaded_mib": rss_loaded,
         "peak_before_call_mib": peak_loaded,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_device_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "weights_dtype": str(pipe.denoising_unet.dtype),
     }
     (job_folder / "result.json").write_text(json.dumps(result, indent=1))
-    if job.get("save_arrays", True):
-        frames = np.asarray(video[0].permute(1, 2, 3, 0).float().numpy(), dtype=np.float32)  # (F, H, W, 3)
-        np.savez(job_folder / "result.npz", latents=record["latents"], video=frames, clip=clip[0].float().numpy())
+    frames = np.asarray(video[0].permute(1, 2, 3, 0).float().cpu().numpy(), dtype=np.float32)  # (F, H, W, 3)
+    np.savez(job_folder / "result.npz", latents=record["latents"], video=frames, clip=clip[0].float().cpu().numpy())
     return 0
 
 
