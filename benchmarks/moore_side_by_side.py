@@ -52,7 +52,7 @@ from 0.26 on), a transformers of its time, and a CPU torch (Moore's code runs on
 `--index-url https://download.pytorch.org/whl/cpu`). Only Moore's model and pipeline modules
 are imported, so the rest of its requirements.txt (gradio, onnxruntime, xformers...) is not needed.
 
-The weights are cached in --workdir (reused when the size and seed match); the converted folder
+The weights are cached in --workdir (reused when model and seed match); the converted folder
 is made anew every run, so a changed converter is always measured.
 """
 
@@ -87,6 +87,7 @@ DEFAULTS = {
     "narrow": {"width": 256, "height": 256, "frames": 16, "steps": 10},
     "sd15": {"width": 256, "height": 256, "frames": 8, "steps": 4},
 }
+MODEL = {"tiny": "narrow", "narrow": "narrow", "sd15": "sd15"}  # the random model of each size
 SINGLE_WINDOW = {"latents": 1e-3, "video": 5e-3}
 LOOP_WINDOWS = {"latents": 3e-2, "video": 3e-2}
 LOOP_CONTEXT = (4, 2)  # frames per window and overlap of the fidelity issue's closed-loop case
@@ -230,14 +231,15 @@ def check_moore(args: argparse.Namespace) -> None:
 
 
 def prepare_weights(args: argparse.Namespace, workdir: Path) -> Path:
-    """The random weights in Moore's layout for this size and seed, written once per workdir.
+    """The random weights in Moore's layout for this size's model and seed, written once per workdir.
 
     Written into a temporary folder and renamed when complete; a folder of ours (it has our
     stamp) from another version of the writer is replaced, anything else is left alone.
     """
-    weights = workdir / f"weights-{args.size}-seed{args.seed}"
+    model = MODEL[args.size]
+    weights = workdir / f"weights-{model}-seed{args.seed}"
     stamp = weights / "side_by_side.json"
-    wanted = {"size": args.size, "seed": args.seed, "writer": WEIGHTS_WRITER}
+    wanted = {"model": model, "seed": args.seed, "writer": WEIGHTS_WRITER}
     if stamp.is_file():
         info = json.loads(stamp.read_text())
         if all(info.get(key) == value for key, value in wanted.items()):
@@ -245,13 +247,13 @@ def prepare_weights(args: argparse.Namespace, workdir: Path) -> Path:
             return weights
     elif weights.exists():
         raise SystemExit(f"{weights} exists but was not written by this script; choose another --workdir")
-    print(f"writing random {args.size} weights in Moore's layout to {weights}", flush=True)
+    print(f"writing random {model} weights in Moore's layout to {weights}", flush=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{weights.name}.", dir=workdir))
     try:
         Runner(args, workdir, staging, staging).call(
-            [sys.executable, str(OURS_DRIVER), "write-weights", str(staging), "--size", args.size,
+            [sys.executable, str(OURS_DRIVER), "write-weights", str(staging), "--model", model,
              "--seed", str(args.seed)],
-            workdir / f"write-weights-{args.size}.log", ours_env(), REPO)
+            workdir / f"write-weights-{model}.log", ours_env(), REPO)
         if weights.exists():
             shutil.rmtree(weights)  # ours, from another version of the writer (checked above)
         os.replace(staging, weights)
@@ -323,7 +325,7 @@ def check_fidelity(args: argparse.Namespace, runner: Runner, inputs: dict) -> in
         cases.append(Case(f"guidance {args.guidance:g}, loop windows of {loop_frames} overlap {loop_overlap}",
                           args.guidance, loop_frames, loop_overlap, "loop", LOOP_WINDOWS))
 
-    print(f"\nfidelity: {args.size} model, {args.width}x{args.height}, {args.frames} frames, {args.steps} steps, "
+    print(f"\nfidelity: {MODEL[args.size]} model, {args.width}x{args.height}, {args.frames} frames, {args.steps} steps, "
           "1 thread per process; differences of ours from Moore's")
     header = f"  {'case':<44} {'latents rel L2':>15} {'video max|d|':>13} {'CLIP rel L2':>12}  tolerance"
     print(header)
@@ -363,7 +365,7 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
     if args.frames > args.context_frames and args.context_schedule != "loop":
         print("note: the video is longer than one window and our windows differ from Moore's (pass "
               "--context-schedule loop for the same windows)")
-    print(f"\nspeed: {args.size} model on {args.device} in {args.precision}, {args.width}x{args.height}, "
+    print(f"\nspeed: {MODEL[args.size]} model on {args.device} in {args.precision}, {args.width}x{args.height}, "
           f"{args.frames} frames, {args.steps} steps, CFG {args.guidance:g}, windows of {args.context_frames} (overlap {args.context_overlap}), "
           f"{args.repeats} run(s) per side, alternated, each in its own process")
     results: dict[str, list[dict]] = {"ours": [], "moore": []}

@@ -3,7 +3,7 @@
 Run by `moore_side_by_side.py` with our Python, one process per task, so that each run's peak
 memory is its own:
 
-    python benchmarks/side_by_side_ours.py write-weights FOLDER --size narrow --seed 0
+    python benchmarks/side_by_side_ours.py write-weights FOLDER --model narrow --seed 0
     python benchmarks/side_by_side_ours.py capabilities
     python benchmarks/side_by_side_ours.py run JOB_FOLDER
 
@@ -27,29 +27,28 @@ from pathlib import Path
 
 import numpy as np
 
-# One model config per benchmark size. "tiny" and "narrow" share the narrow test model; "sd15"
-# is the released architecture. Three things differ from our tiny test config, so that the
+# The random models: "narrow" (our tiny test model's widths) and "sd15" (the released
+# architecture). Three things differ from our tiny test config, so that the
 # same files mean the same model to Moore's code:
 # - GroupNorm with 32 groups everywhere: Moore's motion modules always use 32 groups;
 # - the CLIP vision tower takes 224x224 images: Moore resizes the reference to 224x224;
 # - the Pose Guider has the released channels (16, 32, 96, 256), which convert-moore assumes.
-SIZES = ("tiny", "narrow", "sd15")
+MODELS = ("narrow", "sd15")
 # The version of write_weights: moore_side_by_side.py rewrites cached weights of another version.
-WRITER = 2
+WRITER = 3
 
 
-def model_config(size: str) -> dict:
+def model_config(model: str) -> dict:
     from animate_backend.configs import load_size_config
 
-    if size not in SIZES:
-        raise SystemExit(f"unknown size {size!r}; choose one of {SIZES}")
-    if size == "sd15":
+    if model not in MODELS:
+        raise SystemExit(f"unknown model {model!r}; choose one of {MODELS}")
+    if model == "sd15":
         return load_size_config("sd15")
     config = load_size_config("tiny")
     config["unet"]["norm_num_groups"] = 32
     config["motion"]["motion_norm_num_groups"] = 32
     config["image_encoder"].update(image_size=224, patch_size=56)
-    config["feature_extractor"] = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}}
     config["pose_guider"]["block_out_channels"] = [16, 32, 96, 256]
     return config
 
@@ -66,7 +65,7 @@ def perturb_norms(model, generator) -> None:
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
 
 
-def write_weights(folder: Path, size: str, seed: int) -> None:
+def write_weights(folder: Path, model: str, seed: int) -> None:
     """Moore's released files for one random model: FOLDER/{denoising_unet,reference_unet,
     pose_guider,motion_module}.pth and the base folders stable-diffusion-v1-5/unet (config and
     weights; Moore's from_pretrained_2d reads the weights too), sd-vae-ft-mse, image_encoder."""
@@ -78,7 +77,7 @@ def write_weights(folder: Path, size: str, seed: int) -> None:
     from animate_backend.convert_moore import moore_state_dicts
     from animate_backend.models.pose_guider import PoseGuider
 
-    config = model_config(size)
+    config = model_config(model)
     generator = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,7 +117,7 @@ def write_weights(folder: Path, size: str, seed: int) -> None:
     perturb_norms(image_encoder, generator)
     image_encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
     (folder / "side_by_side.json").write_text(json.dumps(
-        {"size": size, "seed": seed, "writer": WRITER, "pose_guider_channels": config["pose_guider"]["block_out_channels"]}, indent=1))
+        {"model": model, "seed": seed, "writer": WRITER, "pose_guider_channels": config["pose_guider"]["block_out_channels"]}, indent=1))
 
 
 def capabilities() -> dict:
@@ -228,14 +227,14 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     write = sub.add_parser("write-weights")
     write.add_argument("folder", type=Path)
-    write.add_argument("--size", choices=SIZES, required=True)
+    write.add_argument("--model", choices=MODELS, required=True)
     write.add_argument("--seed", type=int, default=0)
     sub.add_parser("capabilities")
     run_parser = sub.add_parser("run")
     run_parser.add_argument("job", type=Path)
     args = parser.parse_args(argv)
     if args.command == "write-weights":
-        write_weights(args.folder, args.size, args.seed)
+        write_weights(args.folder, args.model, args.seed)
     elif args.command == "capabilities":
         print(json.dumps(capabilities()))
     else:
