@@ -164,21 +164,23 @@ def make_inputs(width: int, height: int, frames: int, seed: int) -> dict[str, np
 # ----------------------------------------------------------------------------- processes
 
 
+def call_logged(command: list[str], log: Path, env: dict, cwd: Path) -> None:
+    """Run a process with its output in `log`; the log's end is shown if it fails."""
+    with open(log, "w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    if done.returncode != 0:
+        tail = log.read_text().splitlines()[-30:]
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n  " + "\n  ".join(tail))
+
+
 class Runner:
-    """Starts the two sides' processes; logs go to the run folder, shown when a process fails."""
+    """Runs one side on one set of inputs, in its own process, in a numbered job folder."""
 
     def __init__(self, args: argparse.Namespace, run_dir: Path, weights: Path, converted: Path):
         self.args, self.run_dir, self.weights, self.converted = args, run_dir, weights, converted
         self.count = 0
 
-    def call(self, command: list[str], log: Path, env: dict, cwd: Path) -> None:
-        with open(log, "w") as out:
-            done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        if done.returncode != 0:
-            tail = log.read_text().splitlines()[-30:]
-            raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n  " + "\n  ".join(tail))
-
-    def run(self, side: str, inputs: dict[str, np.ndarray], settings: dict) -> tuple[dict, dict | None]:
+    def run(self, side: str, inputs: dict[str, np.ndarray], settings: dict) -> tuple[dict, dict]:
         self.count += 1
         job_dir = self.run_dir / f"{self.count:02d}-{side}"
         job_dir.mkdir()
@@ -187,13 +189,12 @@ class Runner:
         (job_dir / "job.json").write_text(json.dumps(job, indent=1))
         if side == "ours":
             command = [sys.executable, str(OURS_DRIVER), "run", str(job_dir)]
-            self.call(command, job_dir / "log.txt", ours_env(), REPO)
+            call_logged(command, job_dir / "log.txt", ours_env(), REPO)
         else:
             command = [str(self.args.moore_python), str(MOORE_DRIVER), str(self.args.moore_repo), str(job_dir)]
-            self.call(command, job_dir / "log.txt", moore_env(self.args.moore_repo), self.args.moore_repo)
+            call_logged(command, job_dir / "log.txt", moore_env(self.args.moore_repo), self.args.moore_repo)
         result = json.loads((job_dir / "result.json").read_text())
-        arrays = dict(np.load(job_dir / "result.npz")) if (job_dir / "result.npz").exists() else None
-        return result, arrays
+        return result, dict(np.load(job_dir / "result.npz"))
 
 
 def ours_env() -> dict:
@@ -251,7 +252,7 @@ def prepare_weights(args: argparse.Namespace, workdir: Path) -> Path:
     print(f"writing random {model} weights in Moore's layout to {weights}", flush=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{weights.name}.", dir=workdir))
     try:
-        Runner(args, workdir, staging, staging).call(
+        call_logged(
             [sys.executable, str(OURS_DRIVER), "write-weights", str(staging), "--model", model,
              "--seed", str(args.seed)],
             workdir / f"write-weights-{model}.log", ours_env(), REPO)
@@ -268,7 +269,7 @@ def convert(args: argparse.Namespace, weights: Path, out: Path) -> None:
     command = [sys.executable, "-m", "animate_backend", "convert-moore", "--moore", str(weights),
                "--base-unet", str(weights / "stable-diffusion-v1-5" / "unet"), "--vae", str(weights / "sd-vae-ft-mse"),
                "--image-encoder", str(weights / "image_encoder"), "--out", str(out)]
-    Runner(args, out.parent, weights, out).call(command, out.parent / "convert.log", ours_env(), REPO)
+    call_logged(command, out.parent / "convert.log", ours_env(), REPO)
     print(f"  the converted denoising UNet stores {stored_dtypes(out / 'denoising_unet')} weights")
 
 
@@ -326,7 +327,8 @@ def check_fidelity(args: argparse.Namespace, runner: Runner, inputs: dict) -> in
         cases.append(Case(f"guidance {args.guidance:g}, loop windows of {loop_frames} overlap {loop_overlap}",
                           args.guidance, loop_frames, loop_overlap, "loop", LOOP_WINDOWS))
 
-    print(f"\nfidelity: {MODEL[args.size]} model, {args.width}x{args.height}, {args.frames} frames, {args.steps} steps, "
+    print(f"\nfidelity: {MODEL[args.size]} model, {args.width}x{args.height}, {args.frames} frames, "
+          f"{args.steps} steps, "
           "1 thread per process; differences of ours from Moore's")
     header = f"  {'case':<44} {'latents rel L2':>15} {'video max|d|':>13} {'CLIP rel L2':>12}  tolerance"
     print(header)
@@ -367,7 +369,8 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
         print("note: the video is longer than one window and our windows differ from Moore's (pass "
               "--context-schedule loop for the same windows)")
     print(f"\nspeed: {MODEL[args.size]} model on {args.device} in {args.precision}, {args.width}x{args.height}, "
-          f"{args.frames} frames, {args.steps} steps, CFG {args.guidance:g}, windows of {args.context_frames} (overlap {args.context_overlap}), "
+          f"{args.frames} frames, {args.steps} steps, CFG {args.guidance:g}, "
+          f"windows of {args.context_frames} (overlap {args.context_overlap}), "
           f"{args.repeats} run(s) per side, alternated, each in its own process")
     results: dict[str, list[dict]] = {"ours": [], "moore": []}
     arrays: dict[str, dict] = {}
@@ -392,15 +395,18 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
         print(f"  {label:<34} {ours:>10.3f} {moore:>10.3f} {moore / ours:>10.2f}x")
     ours_peak = max(r["peak_rss_mib"] for r in results["ours"])
     moore_peak = max(r["peak_rss_mib"] for r in results["moore"])
-    print(f"  {'peak RSS, MiB (ours/Moore)':<34} {ours_peak:>10.0f} {moore_peak:>10.0f} {ours_peak / moore_peak:>10.2f}x")
+    print(f"  {'peak RSS, MiB (ours/Moore)':<34} {ours_peak:>10.0f} {moore_peak:>10.0f} "
+          f"{ours_peak / moore_peak:>10.2f}x")
     if results["ours"][0].get("peak_device_mib") is not None:
         ours_device = max(r["peak_device_mib"] for r in results["ours"])
         moore_device = max(r["peak_device_mib"] for r in results["moore"])
         print(f"  {'peak device memory, MiB':<34} {ours_device:>10.0f} {moore_device:>10.0f} "
               f"{ours_device / moore_device:>10.2f}x")
-    if arrays.get("ours") and arrays.get("moore"):
-        print(f"  outputs of the last runs: final latents differ by {rel_l2(arrays['ours']['latents'], arrays['moore']['latents']):.2e} "
-              f"(relative L2), video by {np.abs(arrays['ours']['video'] - arrays['moore']['video']).max():.2e} (max)")
+    if arrays:
+        latents = rel_l2(arrays["ours"]["latents"], arrays["moore"]["latents"])
+        video = np.abs(arrays["ours"]["video"] - arrays["moore"]["video"]).max()
+        print(f"  outputs of the last runs: final latents differ by {latents:.2e} (relative L2), "
+              f"video by {video:.2e} (max)")
     return 0
 
 

@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     pipe.prepare_latents = prepare_latents
     pipe.decode_latents = timed_decode
     clip = []
-    pipe.image_encoder.register_forward_hook(lambda module, args, output: clip.append(output.image_embeds.detach().clone()))
+    pipe.image_encoder.register_forward_hook(
+        lambda module, args, output: clip.append(output.image_embeds.detach().clone()))
 
     reference = Image.fromarray(inputs["reference"])
     poses = [Image.fromarray(frame) for frame in inputs["skeletons"]]

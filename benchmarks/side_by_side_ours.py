@@ -117,7 +117,8 @@ def write_weights(folder: Path, model: str, seed: int) -> None:
     perturb_norms(image_encoder, generator)
     image_encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
     (folder / "side_by_side.json").write_text(json.dumps(
-        {"model": model, "seed": seed, "writer": WRITER, "pose_guider_channels": config["pose_guider"]["block_out_channels"]}, indent=1))
+        {"model": model, "seed": seed, "writer": WRITER,
+         "pose_guider_channels": config["pose_guider"]["block_out_channels"]}, indent=1))
 
 
 def capabilities() -> dict:
@@ -181,7 +182,8 @@ def run(job_folder: Path) -> None:
 
     pipe.decode_video = timed_decode
     clip = []
-    pipe.image_encoder.register_forward_hook(lambda module, args, output: clip.append(output.image_embeds.detach().clone()))
+    pipe.image_encoder.register_forward_hook(
+        lambda module, args, output: clip.append(output.image_embeds.detach().clone()))
 
     kwargs = dict(
         height=job["height"], width=job["width"], num_inference_steps=job["steps"], guidance_scale=job["guidance"],
