@@ -2,6 +2,7 @@
 
 Weights:  convert-moore, fetch-weights, make-tiny   (animate_backend/cli_weights.py)
 Jobs:     run, generate, serve                     (animate_backend/cli_jobs.py)
+Scores:   evaluate                                 (animate_backend/evaluate.py)
 Training is launched separately: `accelerate launch -m animate_backend.train ...`.
 """
 
@@ -16,13 +17,14 @@ from pose_bridge.errors import PoseBridgeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from animate_backend import cli_jobs, cli_weights
+    from animate_backend import cli_jobs, cli_weights, evaluate
 
     parser = argparse.ArgumentParser(prog="python -m animate_backend", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli_weights.register(sub)
     cli_jobs.register(sub)
+    evaluate.register(sub)
     return parser
 
 
