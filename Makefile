@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 VENV42 := .venv-bpy42
 STAMP42 := $(VENV42)/.installed-stamp
 
-.PHONY: demo test test-main test-bpy42 env addon clean
+.PHONY: demo test test-main test-bpy42 env addon clean train-demo
 
 define make_venv
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (bpy); set PYTHON=/path/to/python3.11"'
@@ -29,6 +29,13 @@ env: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m blender_addon.demo --out demo_output $(DEMO_ARGS)
+
+# The small demo model, trained from scratch on the CPU (about two hours on 2 cores; not part of
+# `make demo` or the tests). Resumable: run it again after a stop and finished steps are skipped.
+# TRAIN_THREADS sets torch's threads (default 1: fastest on a busy machine).
+TRAIN_DEMO_OUT ?= train_demo
+train-demo: $(STAMP)
+	$(BIN)/python -m animate_backend.train.demo_recipe --out $(TRAIN_DEMO_OUT) $(TRAIN_DEMO_ARGS)
 
 test: test-main test-bpy42
 

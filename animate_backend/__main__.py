@@ -3,6 +3,7 @@
 Weights:  convert-moore, fetch-weights, make-tiny   (animate_backend/cli_weights.py)
 Jobs:     run, generate, serve                     (animate_backend/cli_jobs.py)
 Farm:     farm, a shot list on a Ray cluster       (animate_backend/farm/)
+Scores:   evaluate                                 (animate_backend/evaluate.py)
 Training is launched separately: `accelerate launch -m animate_backend.train ...`.
 """
 
@@ -17,7 +18,7 @@ from pose_bridge.errors import PoseBridgeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from animate_backend import cli_jobs, cli_weights
+    from animate_backend import cli_jobs, cli_weights, evaluate
     from animate_backend.farm import cli as cli_farm
 
     parser = argparse.ArgumentParser(prog="python -m animate_backend", description=__doc__.splitlines()[0])
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_weights.register(sub)
     cli_jobs.register(sub)
     cli_farm.register(sub)
+    evaluate.register(sub)
     return parser
 
 

@@ -466,7 +466,8 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if latents is not None:
-            expected = (1, self.denoising_unet.config.in_channels, num_poses, height // 8, width // 8)
+            factor = self.vae_scale_factor  # 8 for SD's VAE; smaller VAEs (the demo model's: 4) differ
+            expected = (1, self.denoising_unet.config.in_channels, num_poses, height // factor, width // factor)
             if tuple(latents.shape) != expected:
                 raise InputError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
 
@@ -505,7 +506,8 @@ class AnimateAnyonePipeline(DiffusionPipeline):
             height, width: output size in pixels, multiples of 8.
             num_frames: must equal the number of poses when given.
             num_inference_steps, guidance_scale: sampling steps and CFG scale (<= 1 disables CFG).
-            generator, latents: the random source, or initial latents (1, 4, F, height/8, width/8).
+            generator, latents: the random source, or initial latents (1, 4, F, height/f, width/f),
+                f the VAE's downscale factor (`vae_scale_factor`, 8 for SD's VAE).
             context_frames, context_overlap: window length and overlap for long videos.
             context_schedule: "tapered" (no wrap, cross-faded overlaps) or "loop" (Moore's released
                 windows: the last one wraps onto the first frames, plain per-frame mean).

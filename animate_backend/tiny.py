@@ -24,8 +24,11 @@ from pose_bridge.files import give_normal_permissions, make_partial_dir, partial
 TINY_MARKER = UNTRAINED_MARKER
 
 
-def make_random_pipeline(size: str = "tiny", seed: int = 0, device: str | torch.device | None = None) -> AnimateAnyonePipeline:
-    """A pipeline of the given size ("tiny" or "sd15") with random weights, deterministic in `seed`.
+def make_random_pipeline(size: str | os.PathLike = "tiny", seed: int = 0,
+                         device: str | torch.device | None = None) -> AnimateAnyonePipeline:
+    """A pipeline of the given size with random weights, deterministic in `seed`.
+
+    `size` is "tiny", "sd15", "demo" or a size JSON file (animate_backend.configs).
 
     Weights are created directly on `device` (default CPU), in float32. The global random state
     is left untouched.

@@ -1,6 +1,7 @@
 """Synthetic training data from the user's own rigged character.
 
     python -m blender_addon.dataset SCENE.blend --out DIR [--takes 16 --frames 24 --size 512x512 ...]
+    python -m blender_addon.dataset --demo-character --out DIR ...   (the demo's character, blender_addon.demo_scene)
 
 renders the character of SCENE.blend in many poses, from many cameras, under varied
 light, and writes each take as a folder of frames with the exact keypoints of every frame,
@@ -383,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render a rigged character in many poses, cameras and lights, with exact keypoints, "
                     "as training data for animate_backend.train.",
     )
-    parser.add_argument("blend", help="the .blend file with the rigged character")
+    parser.add_argument("blend", nargs="?", help="the .blend file with the rigged character")
+    parser.add_argument("--demo-character", action="store_true",
+                        help="render the demo's character (make demo) instead of a .blend file")
     parser.add_argument("--out", required=True, help="output folder (manifest.jsonl and one folder per take)")
     parser.add_argument("--scene", help="scene name (default: the file's active scene)")
     parser.add_argument("--armature", help="armature object (default: the scene's only armature)")
@@ -426,8 +429,17 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, preset=args.preset, overrides=dict(args.mapping), hands=not args.no_hands,
         face=not args.no_face, occlusion=args.occlusion,
     )
+    if (args.blend is None) == (not args.demo_character):
+        print("error: give a .blend file or --demo-character (one of them)", file=sys.stderr)
+        return 1
     try:
-        open_blend(args.blend)
+        if args.demo_character:
+            from . import demo_scene
+
+            bpy.ops.wm.read_factory_settings(use_empty=True)
+            demo_scene.build_demo_scene(width=settings.width, height=settings.height)
+        else:
+            open_blend(args.blend)
         scene = pick_scene(args.scene)
         armature = projection.resolve_armature(scene, args.armature)
         manifest = generate_dataset(scene, armature, args.out, settings)

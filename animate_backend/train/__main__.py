@@ -1,4 +1,7 @@
-"""`python -m animate_backend.train stage1|stage2 --config CONFIG.yaml [--set key=value ...]`.
+"""`python -m animate_backend.train vae|stage1|stage2 --config CONFIG.yaml [--set key=value ...]`.
+
+`vae` (also `stage0`) trains the VAE of a model size from scratch (animate_backend/train/vae.py),
+so that stage 1 can train a whole model with no downloaded weights.
 
 Under `accelerate launch -m animate_backend.train ...` the same command runs on every
 process of accelerate's configuration (CPU, one or several GPUs, DeepSpeed).
@@ -34,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m animate_backend.train", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for stage in ("stage1", "stage2"):
-        run = sub.add_parser(stage, help=f"train {stage} (paper section 3.3)")
+    helps = {"vae": "stage 0: train the VAE from scratch", "stage1": "train stage 1 (paper section 3.3)",
+             "stage2": "train stage 2 (paper section 3.3)"}
+    for stage, help_text in helps.items():
+        run = sub.add_parser(stage, help=help_text, aliases=["stage0"] if stage == "vae" else [])
         run.add_argument("--config", required=True, help="YAML training config (see animate_backend/configs/)")
         run.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[],
                          metavar="KEY=VALUE", help="override a setting, dotted keys (repeatable)")
@@ -62,16 +67,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from animate_backend.train.config import load_config
     from animate_backend.train.trainer import train
+    from animate_backend.train.vae import train_vae
 
     try:
         if args.command == "manifest":
             return write_video_manifest(args)
         overrides = dict(args.overrides)
-        overrides["stage"] = 1 if args.command == "stage1" else 2
+        overrides["stage"] = {"vae": 0, "stage0": 0, "stage1": 1, "stage2": 2}[args.command]
         if args.resume:
             overrides["resume_from_checkpoint"] = args.resume
         config = load_config(args.config, overrides)
-        folder = train(config)
+        folder = train_vae(config) if config.stage == 0 else train(config)
     except (BackendError, PoseBridgeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,9 @@ class ModelSettings:
     Diffusion weights: `sd_model` (a diffusers SD 1.5 folder with unet/ and vae/) plus
     `image_encoder` (a CLIPVisionModelWithProjection folder). `tiny: true` builds the
     small random models of animate_backend.tiny instead (tests, smoke runs).
+    `size` trains from scratch: every model is built with random weights from a size
+    config ("tiny", "demo", "sd15" or a JSON file, see animate_backend/configs/), except the
+    VAE when `vae` names a trained one (stage 0, `python -m animate_backend.train vae`).
     Stage 2 starts from a pipeline folder (normally stage 1's output) in
     `pretrained_pipeline`; `motion_adapter` is an AnimateDiff-style MotionAdapter folder
     whose motion modules replace the pipeline's own.
@@ -40,6 +43,7 @@ class ModelSettings:
     motion_adapter: str | None = None
     tiny: bool = False
     tiny_seed: int = 0
+    size: str | None = None
     # New motion modules when no adapter is given (AnimateDiff v2 layout, REFERENCE.md 1).
     motion_max_seq_length: int = 32
     motion_num_attention_heads: int = 8
@@ -121,8 +125,26 @@ class ValidationSettings:
 
 
 @dataclass
+class VaeSettings:
+    """Stage 0, the VAE trained from scratch (`python -m animate_backend.train vae`).
+
+    Loss: L1 reconstruction + `ssim_weight` x (1 - SSIM) + `gradient_weight` x L1 of the
+    image gradients (both sharpen edges without a downloaded perceptual network) +
+    `kl_weight` x KL divergence of the posterior per latent element (keeps the latent
+    space smooth for diffusion). After training, the latents' standard deviation over
+    `scale_batches` batches sets the VAE's scaling_factor, so that scaled latents have unit
+    variance as the diffusion schedule assumes.
+    """
+
+    ssim_weight: float = 0.2
+    gradient_weight: float = 0.5
+    kl_weight: float = 1.0e-5
+    scale_batches: int = 16
+
+
+@dataclass
 class TrainConfig:
-    stage: int = 1
+    stage: int = 1  # 0: the VAE, 1 and 2: the paper's stages
     output_dir: str = "train_output"
     seed: int = 42
     checkpointing_steps: int = 1000
@@ -130,26 +152,45 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None  # a checkpoint folder or "latest"
     logging_steps: int = 10
     report_to: str = "tensorboard"
+    # Torch threads per process when training on the CPU. `accelerate launch --cpu` sets
+    # OMP_NUM_THREADS to one thread per core; on a machine whose cores are busy with other
+    # work those threads wait on each other and a step ran 30x slower than on one thread.
+    # One thread is never far from the fastest for small models and repeats bit for bit;
+    # raise it on a dedicated many-core machine (0 keeps torch's own choice).
+    cpu_threads: int = 1
     tracker_project_name: str = "animate_anyone"
     model: ModelSettings = field(default_factory=ModelSettings)
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
+    vae: VaeSettings = field(default_factory=VaeSettings)
 
     def validate(self) -> None:
         """Raise InputError for settings that cannot work, saying what to change."""
-        if self.stage not in (1, 2):
-            raise InputError(f"stage must be 1 or 2, got {self.stage}")
+        if self.stage not in (0, 1, 2):
+            raise InputError(f"stage must be 0 (the VAE), 1 or 2, got {self.stage}")
         m = self.model
-        if not m.tiny and not m.pretrained_pipeline and not m.sd_model:
+        if m.size is not None:
+            from animate_backend.configs import load_size_config
+
+            try:
+                load_size_config(m.size)
+            except ValueError as exc:
+                raise InputError(f"model.size: {exc}") from exc
+        if self.stage == 0 and not m.size and not m.tiny:
+            raise InputError("stage 0 trains a VAE from scratch: set model.size (e.g. demo) or tiny: true")
+        if self.stage != 0 and not m.tiny and not m.size and not m.pretrained_pipeline and not m.sd_model:
             raise InputError(
                 "model: set pretrained_pipeline (an Animate Anyone pipeline folder), or sd_model and "
-                "image_encoder (Stable Diffusion 1.5 and CLIP image encoder folders), or tiny: true"
+                "image_encoder (Stable Diffusion 1.5 and CLIP image encoder folders), or size (from scratch: "
+                "tiny, demo or a size JSON file, with vae: a trained VAE folder), or tiny: true"
             )
+        if m.size and m.tiny:
+            raise InputError("model.tiny and model.size both choose a model built from scratch; set one of them")
         if self.stage == 2 and not m.tiny and not m.pretrained_pipeline:
             raise InputError("stage 2 starts from a pipeline folder: set model.pretrained_pipeline to stage 1's output")
-        if m.sd_model and not m.pretrained_pipeline and not m.tiny and not m.image_encoder:
+        if m.sd_model and not m.pretrained_pipeline and not m.tiny and not m.size and not m.image_encoder:
             raise InputError("model.image_encoder is required with model.sd_model (SD folders have no CLIP image encoder)")
         d = self.data
         if not d.manifest:
@@ -175,6 +216,11 @@ class TrainConfig:
         n = self.noise
         if n.prediction_type not in ("epsilon", "v_prediction"):
             raise InputError(f"noise.prediction_type must be 'epsilon' or 'v_prediction', got {n.prediction_type!r}")
+        if self.cpu_threads < 0:
+            raise InputError(f"cpu_threads must be >= 0 (0: torch's default), got {self.cpu_threads}")
+        v = self.vae
+        if min(v.ssim_weight, v.gradient_weight, v.kl_weight) < 0 or v.scale_batches < 1:
+            raise InputError("vae: ssim_weight, gradient_weight and kl_weight must be >= 0, scale_batches >= 1")
         if n.rescale_betas_zero_snr and n.prediction_type == "epsilon":
             raise InputError(
                 "noise.rescale_betas_zero_snr needs v_prediction: at zero terminal SNR an epsilon model "
@@ -188,6 +234,7 @@ _SECTIONS = {
     "data": DataSettings,
     "optim": OptimSettings,
     "validation": ValidationSettings,
+    "vae": VaeSettings,
 }
 
 

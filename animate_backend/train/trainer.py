@@ -16,7 +16,9 @@ the data, so a resumed run continues exactly where the saved one stopped.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from animate_backend.models.motion_norm import uses_per_frame_motion_norm
 from animate_backend.models.pose_guider import PoseGuider
 from animate_backend.models.reference_attention import remove_reference_attention
 from animate_backend.pipeline import AnimateAnyonePipeline
-from animate_backend.tiny import make_tiny_pipeline, save_pipeline_folder
+from animate_backend.tiny import make_random_pipeline, make_tiny_pipeline, save_pipeline_folder
 from animate_backend.train import losses
 from animate_backend.train.config import TrainConfig, config_to_dict
 from animate_backend.train.data import AnimateAnyoneDataset, crop_box_for, crop_image, crop_pose
@@ -128,11 +130,49 @@ def _load_sd_models(config: TrainConfig) -> StageModels:
                        make_noise_scheduler(config))
 
 
+def _size_pipeline(config: TrainConfig) -> AnimateAnyonePipeline:
+    """Every model built from scratch from `model.size`, the VAE from `model.vae` when given.
+
+    The Pose Guider gets the paper's initialisation (Gaussian, zero output). A trained VAE
+    must give the latents the size's UNet and Pose Guider expect.
+    """
+    m = config.model
+    pipe = make_random_pipeline(m.size, seed=config.seed)
+    gaussian_init_pose_guider(pipe.pose_guider, seed=config.seed)
+    if m.vae:
+        vae = load_trained_vae(m.vae)
+        channels = pipe.denoising_unet.config.in_channels
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if vae.config.latent_channels != channels or factor != pipe.pose_guider.downscale_factor:
+            raise WeightsError(
+                f"the VAE in {m.vae} makes {vae.config.latent_channels}-channel latents at 1/{factor} size, but "
+                f"model.size {m.size} expects {channels} channels at 1/{pipe.pose_guider.downscale_factor}; "
+                "train the VAE with the same model.size (python -m animate_backend.train vae)"
+            )
+        pipe.vae = vae
+        pipe.vae_scale_factor = factor
+    else:
+        logger.warning("model.size without model.vae: the VAE has random weights; train one first with "
+                       "`python -m animate_backend.train vae` and give its folder as model.vae")
+    return pipe
+
+
+def load_trained_vae(folder: str) -> AutoencoderKL:
+    """An AutoencoderKL folder (stage 0's `vae/`, or any diffusers VAE) in float32."""
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise WeightsError(f"{path} is not a VAE folder (no config.json); give stage 0's output "
+                           "(OUTPUT_DIR/vae) or a diffusers AutoencoderKL folder")
+    return AutoencoderKL.from_pretrained(str(path), torch_dtype=torch.float32)
+
+
 def build_stage_models(config: TrainConfig) -> StageModels:
     """The models of `config.stage`, initialised as REFERENCE.md section 3 says."""
     m = config.model
     if m.tiny:
         pipe = make_tiny_pipeline(seed=m.tiny_seed)
+    elif m.size and not m.pretrained_pipeline:
+        pipe = _size_pipeline(config)
     elif m.pretrained_pipeline:
         pipe = _load_pipeline_folder(m.pretrained_pipeline)
     else:
@@ -419,13 +459,8 @@ def _as_uint8_frames(frames: np.ndarray) -> list[np.ndarray]:
     return list((np.clip(np.asarray(frames)[0], 0.0, 1.0) * 255.0).round().astype(np.uint8))
 
 
-def train(config: TrainConfig) -> Path:
-    """Run one stage as configured; returns the saved pipeline folder."""
-    config.validate()
-    # Denormal floats (weights and activations decaying towards zero) make CPU kernels 10-20x
-    # slower; flushing them to zero costs nothing measurable in accuracy. CPU only.
-    torch.set_flush_denormal(True)
-    set_seed(config.seed)  # model initialisation; the loop's own randomness is seeded per micro-step
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """The Accelerator of a run; on the CPU it also sets torch's thread count (config.cpu_threads)."""
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
@@ -436,6 +471,24 @@ def train(config: TrainConfig) -> Path:
         # Stage 1: the last transformer block of the ReferenceNet feeds nothing that is used.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.stage == 1)],
     )
+    if accelerator.device.type == "cpu" and config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+        logger.info("training on the CPU with %d torch thread(s) per process (cpu_threads)", config.cpu_threads)
+    return accelerator
+
+
+def train(config: TrainConfig) -> Path:
+    """Run one stage as configured; returns the saved pipeline folder."""
+    config.validate()
+    if config.stage == 0:
+        raise InputError("stage 0 trains the VAE: use animate_backend.train.vae.train_vae "
+                         "(python -m animate_backend.train vae)")
+    # Denormal floats (weights and activations decaying towards zero) make CPU kernels 10-20x
+    # slower; flushing them to zero costs nothing measurable in accuracy. CPU only.
+    torch.set_flush_denormal(True)
+    set_seed(config.seed)  # model initialisation; the loop's own randomness is seeded per micro-step
+    output_dir = Path(config.output_dir)
+    accelerator = make_accelerator(config)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -564,23 +617,54 @@ def train(config: TrainConfig) -> Path:
     return folder
 
 
+CHECKPOINT_COMPLETE = "checkpoint.json"
+
+
 def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int | None) -> Path:
-    """accelerator.save_state into checkpoints/checkpoint-STEP; keeps the newest `keep`."""
-    folder = Path(output_dir) / CHECKPOINT_DIR / f"checkpoint-{step}"
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process and keep:
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    """accelerator.save_state into checkpoints/checkpoint-STEP; keeps the newest `keep`.
+
+    The state is written into `checkpoint-STEP.partial` and renamed once every process has
+    written its part and the marker file CHECKPOINT_COMPLETE is in: a run stopped while
+    saving leaves a .partial folder, never a checkpoint that `--resume latest` would pick.
+    """
+    checkpoints = Path(output_dir) / CHECKPOINT_DIR
+    folder = checkpoints / f"checkpoint-{step}"
+    partial = checkpoints / f"checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run stopped while saving
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / CHECKPOINT_COMPLETE).write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
+        if folder.exists():  # the same step saved before (a rerun): replace it only now
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+        if keep:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return folder
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / CHECKPOINT_COMPLETE).is_file()
 
 
 def _resolve_checkpoint(value: str, output_dir: Path) -> Path | None:
     if value == "latest":
         found = list_checkpoints(output_dir)
-        if not found:
-            logger.info("no checkpoint in %s: starting from the beginning", output_dir / CHECKPOINT_DIR)
+        complete = [p for p in found if is_complete_checkpoint(p)]
+        newer = found[found.index(complete[-1]) + 1:] if complete else found
+        for skipped in newer:
+            logger.warning("skipping %s: it has no %s, so it was not completely written (a run stopped while "
+                           "saving, or an older version); pass the folder to --resume to use it anyway",
+                           skipped, CHECKPOINT_COMPLETE)
+        if not complete:
+            logger.info("no complete checkpoint in %s: starting from the beginning", output_dir / CHECKPOINT_DIR)
             return None
-        return found[-1]
+        return complete[-1]
     path = Path(value)
     if not path.is_dir():
         raise InputError(f"checkpoint {value} does not exist; give a checkpoint folder or 'latest'")

@@ -117,3 +117,10 @@ def test_command_line_renders_a_saved_blend(tmp_path):
                  "--size", "32x32", "--random-fraction", "1", "-q"]) == 0
     assert len(list((tmp_path / "data" / "take_0000" / "frames").glob("*.png"))) == 2
     assert main([str(tmp_path / "missing.blend"), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_command_line_renders_the_demo_character_without_a_blend(tmp_path):
+    assert main(["--demo-character", "--out", str(tmp_path / "data"), "--takes", "1", "--frames", "2",
+                 "--size", "32x32", "-q"]) == 0
+    assert len(list((tmp_path / "data" / "take_0000" / "frames").glob("*.png"))) == 2
+    assert main(["--out", str(tmp_path / "x")]) == 1  # neither a .blend nor --demo-character
