@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pose_bridge.errors import PoseBridgeError
-from pose_bridge.job import JobPaths, read_settings, write_settings
+from pose_bridge.job import JobPaths, read_settings, shot_job_dirs, write_settings
 
 from . import cli
 from .errors import AddonError
@@ -81,17 +81,6 @@ def _remember_saved_blend(job_dir: Path, blend: Path) -> None:
     write_settings(job_dir, settings)
 
 
-def _job_dirs(out: Path, shots: list[Path]) -> list[Path]:
-    """out/<stem> per shot; a stem used twice gets _2, _3..."""
-    seen: dict[str, int] = {}
-    dirs = []
-    for shot in shots:
-        n = seen.get(shot.stem, 0) + 1
-        seen[shot.stem] = n
-        dirs.append(out / (shot.stem if n == 1 else f"{shot.stem}_{n}"))
-    return dirs
-
-
 def run_batch(args: argparse.Namespace, given: set[str] | None = None) -> list[ShotReport]:
     import bpy
 
@@ -99,7 +88,7 @@ def run_batch(args: argparse.Namespace, given: set[str] | None = None) -> list[S
     out = Path(args.out).expanduser().resolve()
     fingerprint = options_fingerprint(args)
     reports = []
-    for index, (blend, job_dir) in enumerate(zip(shots, _job_dirs(out, shots)), start=1):
+    for index, (blend, job_dir) in enumerate(zip(shots, shot_job_dirs(out, shots)), start=1):
         print(f"[{index}/{len(shots)}] {blend.name}", file=sys.stderr, flush=True)
         try:
             if not blend.is_file():

@@ -359,3 +359,16 @@ def read_job(job_dir: Path) -> Job:
             f"({settings.frame_start}-{settings.frame_end}); export the job again"
         )
     return Job(settings, paths, reference, poses)
+
+
+def shot_job_dirs(out: Path, shots: list[Path]) -> list[Path]:
+    """The job folder of each shot of a shot list: OUT/<stem of its .blend>, a stem used twice
+    getting _2, _3... The batch command and the farm name them alike, so either can pick up
+    the other's work."""
+    seen: dict[str, int] = {}
+    dirs = []
+    for shot in shots:
+        n = seen.get(shot.stem, 0) + 1
+        seen[shot.stem] = n
+        dirs.append(out / (shot.stem if n == 1 else f"{shot.stem}_{n}"))
+    return dirs

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pose_bridge.errors import PoseBridgeError
-from pose_bridge.job import JobPaths, read_settings, write_settings
+from pose_bridge.job import JobPaths, read_settings, shot_job_dirs, write_settings
 
 from animate_backend.errors import BackendError
 
@@ -110,17 +110,6 @@ def read_shot_list(path: str | Path) -> list[tuple[Path, list[str], str]]:
     return entries
 
 
-def job_dirs(out: Path, blends: list[Path]) -> list[Path]:
-    """OUT/<stem> per shot; a stem used twice gets _2, _3... (as blender_addon.batch names them)."""
-    seen: dict[str, int] = {}
-    dirs = []
-    for blend in blends:
-        n = seen.get(blend.stem, 0) + 1
-        seen[blend.stem] = n
-        dirs.append(out / (blend.stem if n == 1 else f"{blend.stem}_{n}"))
-    return dirs
-
-
 def make_shots(
     out: str | Path,
     blends: list[str | Path] = (),
@@ -135,7 +124,7 @@ def make_shots(
     if not entries:
         raise FarmError("no shots given: name .blend files, or a shot-list file with --shot-list")
     out = Path(out).expanduser().resolve()
-    dirs = job_dirs(out, [blend for blend, _, _ in entries])
+    dirs = shot_job_dirs(out, [blend for blend, _, _ in entries])
     return [Shot(blend, job_dir, options, origin) for (blend, options, origin), job_dir in zip(entries, dirs)]
 
 
