@@ -240,8 +240,10 @@ def _file_digest(path: Path) -> str | None:
 def job_fingerprint(paths: JobPaths, settings: JobSettings) -> str:
     """A short hash of everything that changes the generated pictures."""
     from animate_backend.loading import compute_kind, model_digest
+    from animate_backend.pipeline import COMPUTATION_VERSION
 
     data = {
+        "computation": COMPUTATION_VERSION,
         "settings": {key: getattr(settings, key) for key in FINGERPRINT_SETTINGS},
         "model_content": model_digest(settings.model),
         "compute": list(compute_kind(settings.device, settings.precision)),

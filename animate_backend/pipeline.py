@@ -62,6 +62,11 @@ UNTRAINED_MARKER = "UNTRAINED_RANDOM_WEIGHTS.txt"
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent", None)
 
+# Raised whenever this code makes other pictures from the same weights and settings, so that a
+# job's finished frames from an older version are made again, not reused (it is part of the
+# job fingerprint). 2: the motion modules normalise per frame, as the released weights expect.
+COMPUTATION_VERSION = 2
+
 
 def make_clip_image_processor(**kwargs):
     """A CLIPImageProcessor (OpenAI CLIP defaults unless overridden).

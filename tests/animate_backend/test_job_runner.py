@@ -192,6 +192,18 @@ def test_changed_settings_make_old_frames_stale(tmp_path, pipelines):
     assert any(not np.array_equal(read_image(paths.frame(i)), old[i]) for i in range(2))
 
 
+def test_frames_of_an_older_computation_are_made_again(tmp_path, pipelines, monkeypatch):
+    # A version that computes other pictures from the same weights (e.g. before the motion
+    # modules normalised per frame) must not have its frames reused.
+    from animate_backend import pipeline
+
+    paths = make_job(tmp_path / "job", frames=2)
+    first = run_job(paths.root, pipelines=pipelines)
+    monkeypatch.setattr(pipeline, "COMPUTATION_VERSION", pipeline.COMPUTATION_VERSION + 1)
+    second = run_job(paths.root, pipelines=pipelines)
+    assert second["fingerprint"] != first["fingerprint"] and second["frames_generated"] == 2
+
+
 def test_the_loop_schedule_is_a_job_setting_that_changes_the_frames(tmp_path, pipelines):
     # 6 frames in windows of 4 (overlap 2): the schedules differ, so loop frames are not tapered ones.
     paths = make_job(tmp_path / "job", frames=6, poses=walking(6), context_frames=4, context_overlap=2)
