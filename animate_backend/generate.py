@@ -30,7 +30,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from animate_backend import job_runner
 from animate_backend.errors import InputError, OutOfMemoryError
 from animate_backend.events import EventCallback, ProgressTracker
 from animate_backend.job_runner import (
@@ -238,10 +237,12 @@ def generate(
         )
         tracker.restart_clock("decoding")
 
+        from animate_backend.pipeline import default_decode_chunk_size
+
         def decoded_frames() -> Iterator[np.ndarray]:
             # The encoder pulls frames; each chunk is decoded when it is needed.
             written = 0
-            chunk_size = job_runner.DECODE_CHUNK
+            chunk_size = default_decode_chunk_size(loaded.pipe.vae.device)
             for a in range(0, num_frames, chunk_size):
                 for frame in decode_chunk(loaded.pipe, latents, a, min(a + chunk_size, num_frames)):
                     yield frame

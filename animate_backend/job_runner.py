@@ -69,8 +69,6 @@ FINGERPRINT_SETTINGS = (
     "model", "width", "height", "frame_start", "frame_end", "steps", "guidance_scale", "seed",
     "context_frames", "context_overlap", "context_schedule", "scheduler", "retarget", "draw_hands", "draw_face",
 )
-# Frames decoded per VAE call: memory stays flat however long the video is.
-DECODE_CHUNK = 8
 UNTRAINED_NOTE = (
     "the model has random, UNTRAINED weights (the tiny test pipeline or a make-tiny folder): its "
     "frames only show that the plumbing works; use a converted model folder for real output"
@@ -463,7 +461,6 @@ def decode_frames(
     The VAE decodes frames independently, so any subset can be decoded. The pipeline checks
     should_cancel before each chunk: the frames handed out so far stay finished.
     """
-    chunk_size = chunk_size or DECODE_CHUNK
     for start, stop in _runs(sorted(indices)):
 
         def hand_out(first: int, frames: np.ndarray, start: int = start) -> None:

@@ -68,6 +68,16 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent", None)
 COMPUTATION_VERSION = 2
 
 
+def default_decode_chunk_size(device: torch.device | str) -> int:
+    """Frames per VAE decode call on `device`.
+
+    On the CPU, larger chunks buy no speed and cost memory: decoding eight 256x256 frames of
+    the SD VAE took the same CPU time in chunks of 8, 2 or 1 frames, with peaks of 1.7, 0.5 and
+    0.4 GiB above the model. Accelerators decode a larger chunk faster.
+    """
+    return 2 if torch.device(device).type == "cpu" else 8
+
+
 def make_clip_image_processor(**kwargs):
     """A CLIPImageProcessor (OpenAI CLIP defaults unless overridden).
 
@@ -388,7 +398,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         self,
         latents: torch.Tensor,
         on_frames: Callable[[int, np.ndarray], None] | None = None,
-        chunk_size: int = 8,
+        chunk_size: int | None = None,
         output_type: str | None = "np",
         should_cancel: Callable[[], bool] | None = None,
         on_progress: Callable[[dict], None] | None = None,
@@ -402,6 +412,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         if latents.ndim != 5 or latents.shape[0] != 1:
             raise InputError(f"latents to decode must be (1, 4, F, h, w), got shape {tuple(latents.shape)}")
         total = latents.shape[2]
+        chunk_size = chunk_size or default_decode_chunk_size(self.vae.device)
         kept: list = []
         for start in range(0, total, chunk_size):
             if should_cancel is not None and should_cancel():
@@ -500,7 +511,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         *,
         reference_in_uncond: bool = False,
         eta: float = 0.0,
-        decode_chunk_size: int = 8,
+        decode_chunk_size: int | None = None,
         context_schedule: str = "tapered",
     ) -> AnimateAnyoneOutput:
         """Animate `reference_image` with `poses`.
@@ -526,7 +537,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
             reference_in_uncond: also give the unconditional branch reference attention (with a
                 zero-CLIP reference), as some other releases do. Off matches Moore's weights.
             eta: DDIM eta (ignored by schedulers without it).
-            decode_chunk_size: frames per VAE decode.
+            decode_chunk_size: frames per VAE decode (default: 2 on the CPU, 8 on accelerators).
         """
         skeletons = draw_skeletons(poses, width, height, draw_hands, draw_face) if _size_ok(width, height) else None
         self.check_inputs(

@@ -429,3 +429,14 @@ def test_out_of_memory_becomes_an_error_with_advice(tiny_pipe, reference_image, 
 def test_zero_steps_is_an_input_error(tiny_pipe, reference_image, skeletons):
     with pytest.raises(InputError, match="num_inference_steps"):
         generate(tiny_pipe, reference_image, skeletons(2), num_inference_steps=0)
+
+
+def test_the_cpu_decodes_two_frames_at_a_time(tiny_pipe):
+    """Larger chunks buy no speed on the CPU and cost memory; accelerators take eight."""
+    from animate_backend.pipeline import default_decode_chunk_size
+
+    assert default_decode_chunk_size("cpu") == 2 and default_decode_chunk_size("cuda") == 8
+    chunks = []
+    tiny_pipe.decode_video(torch.zeros(1, 4, 5, 8, 8), on_frames=lambda first, frames: chunks.append(len(frames)),
+                           output_type=None)
+    assert chunks == [2, 2, 1]
