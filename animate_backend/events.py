@@ -7,7 +7,7 @@ estimated seconds left, measured from the time the finished units of work took s
 The estimate counts the work of the denoising stage (one unit per window per step: every unit
 costs about the same) and then of the decoding stage (one unit per frame). While denoising, the
 decoding that follows is not included: it is a few percent of the work for the real model
-(REFERENCE.md section 7: about 4 TFLOP per frame to decode against about 80 to denoise).
+(docs/model.md, "Cost": about 4 TFLOP per frame to decode against about 80 to denoise).
 """
 
 from __future__ import annotations

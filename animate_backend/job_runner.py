@@ -1,6 +1,6 @@
 """Running one job folder: poses and a reference still in, frames, a video and a result out.
 
-`run_job(job_dir)` reads the job folder of DESIGN.md (pose_bridge.job.read_job) and writes
+`run_job(job_dir)` reads the job folder (README.md) (pose_bridge.job.read_job) and writes
 into its `out/` folder:
 
     out/frames/0001.png ...   one PNG per frame of the job's frame range, each written atomically
@@ -153,7 +153,7 @@ def _empty_device_cache() -> None:
 def make_scheduler(name: str, default: Any):
     """The scheduler called `name` (pose_bridge.job.SCHEDULERS) built from the model's own config.
 
-    "ddim" is the model's own scheduler (REFERENCE.md section 2 for converted Moore weights);
+    "ddim" is the model's own scheduler (docs/model.md, "Sampling", for converted Moore weights);
     the others reuse its noise schedule (betas, prediction type, zero-SNR rescaling).
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler

@@ -1,6 +1,6 @@
 """Animate Anyone for Blender: a rigged character's motion into video.
 
-The add-on is thin (DESIGN.md): settings, a panel, operators, armature-to-keypoint
+The add-on is thin: settings, a panel, operators, armature-to-keypoint
 projection, the reference still, the backend client and importing results. The model
 runs in a separate backend process (`python -m animate_backend serve`), or inside
 Blender when torch is installed there. torch is never imported here.

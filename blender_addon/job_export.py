@@ -1,4 +1,4 @@
-"""Writing a job folder from a scene: the add-on's half of the job (DESIGN.md).
+"""Writing a job folder from a scene: the add-on's half of the job (README.md).
 
     options = ExportOptions(armature="Hero", frame_start=1, frame_end=48, model="/models/aa")
     paths = export_job(bpy.context.scene, options, "/shots/sh010/job")

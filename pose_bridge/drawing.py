@@ -1,6 +1,6 @@
 """Skeleton images as the released Animate Anyone weights saw them (DWPose's drawing).
 
-REFERENCE.md section 5 is the specification. DWPose draws with OpenCV; this module draws
+docs/skeleton.md is the specification. DWPose draws with OpenCV; this module draws
 the same pixels with numpy alone, because it must also run inside Blender's Python (numpy,
 no Pillow, no cv2). The OpenCV primitives DWPose uses are re-implemented with their
 integer arithmetic:
@@ -34,7 +34,7 @@ import numpy as np
 
 from pose_bridge.keypoints import DRAW_CONFIDENCE, Pose, PoseSequence
 
-# Limbs as pairs of 0-based body indices (REFERENCE.md lists them 1-based), in drawing order.
+# Limbs as pairs of 0-based body indices (as docs/skeleton.md lists them), in drawing order.
 LIMBS = (
     (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
     (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),

@@ -1,6 +1,6 @@
 """The job folder: the one interface between the Blender add-on and the backend.
 
-A job is a folder (see DESIGN.md)::
+A job is a folder (README.md, "The three packages")::
 
     job/
       job.json        JobSettings below

@@ -1,6 +1,6 @@
 """Training settings: dataclasses read from a YAML file.
 
-Defaults are the paper's and Moore-AnimateAnyone's (REFERENCE.md section 3): lr 1e-5,
+Defaults are the paper's and Moore-AnimateAnyone's (docs/model.md, "Training"): lr 1e-5,
 stage 1 on single frames (paper: 768x768, batch 64, 30k steps), stage 2 on 24-frame
 clips (batch 4, 10k steps), 10 % conditioning dropout, v-prediction with a zero
 terminal SNR schedule. A YAML file only lists what differs; unknown keys are errors so
@@ -44,7 +44,7 @@ class ModelSettings:
     tiny: bool = False
     tiny_seed: int = 0
     size: str | None = None
-    # New motion modules when no adapter is given (AnimateDiff v2 layout, REFERENCE.md 1).
+    # New motion modules when no adapter is given (AnimateDiff v2 layout, docs/model.md "Motion modules").
     motion_max_seq_length: int = 32
     motion_num_attention_heads: int = 8
 
@@ -54,7 +54,7 @@ class NoiseSettings:
     """The training noise schedule; the saved pipeline's DDIM sampler gets the same betas.
 
     Moore's training scripts use "scaled_linear" betas while its inference config says
-    "linear" (REFERENCE.md section 2). Training and sampling must agree, so the schedule
+    "linear" (docs/model.md, "Sampling"). Training and sampling must agree, so the schedule
     chosen here is also written into the output pipeline's scheduler.
     """
 

@@ -9,7 +9,7 @@ the *x0* error becomes a different factor on the epsilon or v error:
     v prediction:        w = min(snr, gamma) / (snr + 1)
 
 (Moore-AnimateAnyone's v-prediction branch uses the epsilon formula plus one, which is
-not the paper's weight; see REFERENCE.md section 3.)
+not the paper's weight; see docs/model.md, "Training".)
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def load_trained_vae(folder: str) -> AutoencoderKL:
 
 
 def build_stage_models(config: TrainConfig) -> StageModels:
-    """The models of `config.stage`, initialised as REFERENCE.md section 3 says."""
+    """The models of `config.stage`, initialised as docs/model.md ("Training") says."""
     m = config.model
     if m.tiny:
         pipe = make_tiny_pipeline(seed=m.tiny_seed)

@@ -1,7 +1,7 @@
 """The SD 1.5-size model has exactly the layout of the released Moore-AnimateAnyone weights.
 
 The conversion tests run on tiny models; these check, at the real size, that the files users
-have (REFERENCE.md section 4) would place completely: the same keys, the same module counts,
+have (docs/model.md, "Checkpoints and conversion") would place completely: the same keys, the same module counts,
 and parameter counts equal to the published file sizes at fp32. Models are built on the meta
 device (shapes only, no memory), so this takes seconds.
 """
@@ -73,7 +73,7 @@ def test_motion_keys_map_one_to_one_onto_moores_naming(sd15):
         moore_key = ours_to_moore_motion_key(key)
         assert moore_motion_key(moore_key) == (key, False)
         moore_suffixes.add(re.sub(r"^.+?\.temporal_transformer\.", "", moore_key))
-    # The key pattern of motion_module.pth, spelled out as REFERENCE.md section 4 gives it.
+    # The key pattern of motion_module.pth, spelled out as docs/model.md gives it.
     expected = {f"{part}.{kind}" for part in ("norm", "proj_in", "proj_out") for kind in ("weight", "bias")}
     block = "transformer_blocks.0"
     for k in (0, 1):

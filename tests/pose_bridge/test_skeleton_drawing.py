@@ -1,4 +1,4 @@
-"""Skeleton drawing, checked against REFERENCE.md section 5 (DWPose's drawing), not against itself."""
+"""Skeleton drawing, checked against docs/skeleton.md (DWPose's drawing), not against itself."""
 
 from __future__ import annotations
 
