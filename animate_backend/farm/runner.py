@@ -297,8 +297,23 @@ class Farm:
             state.status, state.attempts = "generating", state.attempts + 1
             state.frames_done, state.stage = 0, "starting"
             slot.state, slot.started = state, time.monotonic()
-            self._show_worker(slot)
             slot.run_ref = slot.handle.run.remote(str(state.shot.job_dir))
+            self._read_identity(slot)
+            # Shown now, not after the next wait: a short job may be over by then.
+            self._notify()
+
+    @staticmethod
+    def _read_identity(slot: _Slot) -> None:
+        """Learn which process the slot's actor is, if it has answered (never waits)."""
+        import ray
+
+        if slot.identity is None and slot.identity_ref is not None:
+            if ray.wait([slot.identity_ref], timeout=0)[0]:
+                try:
+                    slot.identity = ray.get(slot.identity_ref)
+                except Exception:  # the actor died; its run ref says so
+                    slot.identity_ref = None
+        Farm._show_worker(slot)
 
     @staticmethod
     def _show_worker(slot: _Slot) -> None:
@@ -389,13 +404,7 @@ class Farm:
         import ray
 
         for _, slot in self._running():
-            if slot.identity is None and slot.identity_ref is not None:
-                if ray.wait([slot.identity_ref], timeout=0)[0]:
-                    try:
-                        slot.identity = ray.get(slot.identity_ref)
-                    except Exception:  # the actor died; its run ref says so
-                        slot.identity_ref = None
-                    self._show_worker(slot)
+            self._read_identity(slot)
             if slot.progress_ref is not None:
                 done, _ = ray.wait([slot.progress_ref], timeout=0)
                 if not done:

