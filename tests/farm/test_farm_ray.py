@@ -178,7 +178,9 @@ def test_ctrl_c_stops_a_running_generation_cleanly(cluster, tiny_model, tmp_path
         if states[0].status == "generating" and states[0].stage in BEFORE_FRAMES:
             raise KeyboardInterrupt
 
-    states = run_farm(make_shots(out, [blend]), options(out, tiny_model), interrupt_once_generating)
+    # Many steps, so that the job is still denoising when the farm looks, even on a fast machine.
+    slow = FarmOptions(out=out, model=tiny_model, shot_options=[*SHOT_OPTIONS, "--steps", "30"], poll_s=0.2)
+    states = run_farm(make_shots(out, [blend]), slow, interrupt_once_generating)
 
     assert (states[0].status, states[0].detail) == ("cancelled", "cancelled; the frames made so far are kept")
     # The job runner was told to stop (not killed): it logged the cancel and left no result behind.
