@@ -18,8 +18,8 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from pose_bridge.cli_args import number, whole
-from pose_bridge.job import CONTEXT_SCHEDULES, DEVICES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS, PRECISIONS
+from pose_bridge.cli_args import add_setting_arguments, number, whole
+from pose_bridge.settings import GENERATION_SETTINGS, MAX_FPS, MAX_OUTPUT_SIDE, RUNTIME_SETTINGS
 
 
 class ProgressBars:
@@ -111,10 +111,10 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         summary = generate(
             args.model, args.reference, args.poses, args.out,
-            width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
+            width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance_scale,
             seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
             context_schedule=args.context_schedule, fps=args.fps, device=args.device, precision=args.precision,
-            draw_hands=not args.no_hands, draw_face=not args.no_face, overwrite=args.force, on_event=bars,
+            draw_hands=args.draw_hands, draw_face=args.draw_face, overwrite=args.force, on_event=bars,
         )
     finally:
         bars.close()
@@ -148,21 +148,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output width (default: the reference image's, multiple of 8)")
     p.add_argument("--height", type=whole(at_least=8, at_most=MAX_OUTPUT_SIDE),
                    help="output height (default: the reference image's, multiple of 8)")
-    p.add_argument("--steps", type=whole(at_least=1, at_most=MAX_STEPS), default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance", type=number(at_least=0), default=3.5,
-                   help="classifier-free guidance scale (default 3.5; 1 turns it off)")
-    p.add_argument("--seed", type=whole(at_least=0, at_most=MAX_SEED), default=0)
-    p.add_argument("--context-frames", type=whole(at_least=1), default=24, help="frames per window (default 24)")
-    p.add_argument("--context-overlap", type=whole(at_least=0), default=4,
-                   help="frames shared by neighbouring windows (default 4)")
-    p.add_argument("--context-schedule", choices=CONTEXT_SCHEDULES, default="tapered",
-                   help="windows for long videos: tapered (default: no wrap, cross-faded) or loop "
-                        "(Moore-AnimateAnyone's: the last window wraps onto the first frames)")
     p.add_argument("--fps", type=number(above=0, at_most=MAX_FPS), help="video frame rate (default: the poses' own, else 24)")
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--no-hands", action="store_true", help="do not draw hand skeletons")
-    p.add_argument("--no-face", action="store_true", help="do not draw face points")
+    # Every generation setting, as pose_bridge.settings declares it (the sampler is the job's only).
+    add_setting_arguments(p, [name for name in GENERATION_SETTINGS if name not in ("scheduler", "retarget")])
+    add_setting_arguments(p, RUNTIME_SETTINGS)
     p.add_argument("--force", action="store_true", help="replace VIDEO if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_generate)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pose_bridge.job import CONTEXT_SCHEDULES
+from pose_bridge.settings import CONTEXT_SCHEDULES
 
 
 @dataclass(frozen=True)

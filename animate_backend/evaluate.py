@@ -31,10 +31,14 @@ import torch
 
 from animate_backend import metrics
 from animate_backend.errors import InputError
+from pose_bridge.cli_args import add_setting_arguments, whole
+from pose_bridge.settings import JobSettings
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("iou", "iou_reversed", "psnr", "ssim", "temporal_error")
+
+DEFAULTS = JobSettings()
 
 
 @dataclass
@@ -165,8 +169,8 @@ def generate_take(pipe, take: Take, steps: int, guidance: float, seed: int) -> n
     return np.clip(np.asarray(output.frames)[0], 0.0, 1.0)
 
 
-def evaluate(model: str, data: str | Path, *, steps: int = 20, guidance: float = 3.5, seed: int = 0,
-             floors: bool = False, device: str = "cpu", limit: int | None = None,
+def evaluate(model: str, data: str | Path, *, steps: int = DEFAULTS.steps, guidance: float = DEFAULTS.guidance_scale,
+             seed: int = 0, floors: bool = False, device: str = "cpu", limit: int | None = None,
              on_take: Callable[[str, str], None] | None = None) -> dict:
     """Score `model` (a pipeline folder or "tiny") on the held-out takes of `data`; returns the report."""
     from animate_backend.loading import load_pipeline
@@ -218,11 +222,11 @@ def format_table(report: dict) -> str:
 def _run(args) -> int:
     import sys
 
-    report = evaluate(args.model, args.data, steps=args.steps, guidance=args.guidance, seed=args.seed,
+    report = evaluate(args.model, args.data, steps=args.steps, guidance=args.guidance_scale, seed=args.seed,
                       floors=args.floors, device=args.device, limit=args.limit,
                       on_take=None if args.quiet else lambda name, text: print(f"{name}: {text}", file=sys.stderr))
     print(f"{report['takes']} takes, {report['frames']} frames, {report['size'][0]}x{report['size'][1]}, "
-          f"{args.steps} steps, guidance {args.guidance}")
+          f"{args.steps} steps, guidance {args.guidance_scale:g}")
     print(format_table(report))
     if args.out:
         out = Path(args.out)
@@ -243,10 +247,8 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="JSON", help="write the scores here")
     p.add_argument("--floors", action="store_true",
                    help="also score the floors: the reference still copied, and the untrained architecture")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default 3.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="only the first N takes")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    add_setting_arguments(p, ("steps", "guidance_scale", "seed"))
+    add_setting_arguments(p, ("device",), defaults={"device": "cpu"})  # scores that do not depend on a GPU
+    p.add_argument("--limit", type=whole(at_least=1), default=None, help="only the first N takes")
     p.add_argument("-q", "--quiet", action="store_true", help="no line per take")
     p.set_defaults(func=_run)

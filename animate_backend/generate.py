@@ -35,10 +35,12 @@ from animate_backend.events import EventCallback, ProgressTracker
 from animate_backend.job_runner import (
     OOM_ADVICE, UNTRAINED_NOTE, PipelineCache, decode_chunk, denoise, is_out_of_memory, prepare_poses,
 )
-from pose_bridge.job import CONTEXT_SCHEDULES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS
+from pose_bridge.settings import CONTEXT_SCHEDULES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS, JobSettings
 from pose_bridge.keypoints import PoseSequence
 
 logger = logging.getLogger(__name__)
+
+DEFAULTS = JobSettings()  # each setting's default, as pose_bridge.settings declares it
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif")
@@ -176,17 +178,17 @@ def generate(
     *,
     width: int | None = None,
     height: int | None = None,
-    steps: int = 20,
-    guidance_scale: float = 3.5,
-    seed: int = 0,
-    context_frames: int = 24,
-    context_overlap: int = 4,
-    context_schedule: str = "tapered",
+    steps: int = DEFAULTS.steps,
+    guidance_scale: float = DEFAULTS.guidance_scale,
+    seed: int = DEFAULTS.seed,
+    context_frames: int = DEFAULTS.context_frames,
+    context_overlap: int = DEFAULTS.context_overlap,
+    context_schedule: str = DEFAULTS.context_schedule,
     fps: float | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    draw_hands: bool = True,
-    draw_face: bool = True,
+    device: str = DEFAULTS.device,
+    precision: str = DEFAULTS.precision,
+    draw_hands: bool = DEFAULTS.draw_hands,
+    draw_face: bool = DEFAULTS.draw_face,
     overwrite: bool = False,
     pipelines: PipelineCache | None = None,
     on_event: EventCallback | None = None,

@@ -65,7 +65,7 @@ from typing import Any, Callable
 
 from pose_bridge.cli_args import number, whole
 from pose_bridge.errors import PoseBridgeError
-from pose_bridge.job import MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS
+from pose_bridge.settings import MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS
 
 from .errors import AddonError
 

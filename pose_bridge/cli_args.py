@@ -58,3 +58,49 @@ def whole(*, at_least: int | None = None, at_most: int | None = None) -> Callabl
         return value
 
     return parse
+
+
+def add_setting_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    names: tuple[str, ...] | list[str],
+    *,
+    defaults: dict[str, object] | None = None,
+    default_notes: dict[str, str] | None = None,
+) -> None:
+    """Add one option per JobSettings field in names, as pose_bridge.settings declares it.
+
+    Each option's dest is the field's name (args.guidance_scale for --guidance), so parsed
+    values go onto JobSettings by name. Switches become --hands / --no-hands. defaults
+    replaces a declared default (None: "not given", for a caller that fills it in itself,
+    e.g. from the add-on's preferences); default_notes says in the help what that default is.
+    """
+    from pose_bridge.settings import SETTINGS, default_of
+
+    defaults = defaults or {}
+    default_notes = default_notes or {}
+    for name in names:
+        info = SETTINGS[name]
+        flag = "--" + (info.option or name).replace("_", "-")
+        default = defaults.get(name, default_of(name))
+        note = default_notes.get(name)
+        if note is None:
+            note = "yes" if default is True else "no" if default is False else f"{default:g}" if isinstance(
+                default, float) else str(default)
+        help_text = f"{info.help} (default: {note})"
+        if isinstance(default_of(name), bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        elif info.choices:
+            parser.add_argument(flag, dest=name, choices=info.values, default=default, help=help_text)
+        elif isinstance(default_of(name), int):
+            parser.add_argument(flag, dest=name, metavar="N", default=default, help=help_text,
+                                type=whole(at_least=_whole_or_none(info.minimum), at_most=_whole_or_none(info.maximum)))
+        elif isinstance(default_of(name), float):
+            parser.add_argument(flag, dest=name, metavar="X", default=default, help=help_text,
+                                type=number(at_least=info.minimum, at_most=info.maximum))
+        else:
+            parser.add_argument(flag, dest=name, default=default, help=help_text)
+
+
+def _whole_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)

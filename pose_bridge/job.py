@@ -3,7 +3,7 @@
 A job is a folder (README.md, "The three packages")::
 
     job/
-      job.json        JobSettings below
+      job.json        JobSettings (pose_bridge.settings)
       reference.png   the reference still
       poses.json      every frame's keypoints (pose_bridge.openpose_json sequence file)
       poses/          drawn skeletons, for people to look at
@@ -16,179 +16,15 @@ It lives here, in the package with the fewest dependencies, because both the add
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pose_bridge.errors import JobError
 from pose_bridge.files import write_json_atomic  # noqa: F401 (the job folder's JSON writer, used by the backend)
 from pose_bridge.keypoints import PoseSequence
-
-JOB_FORMAT_VERSION = 1
-
-RETARGET_MODES = ("none", "chain", "global")
-OUTPUT_KINDS = ("frames", "video")
-SCHEDULERS = ("ddim", "dpmsolver++", "euler", "lcm")
-# How long videos are split into windows: "tapered" (ours, no wrap, cross-faded overlaps) or
-# "loop" (Moore-AnimateAnyone's released windows, wrapping onto the first frames).
-CONTEXT_SCHEDULES = ("tapered", "loop")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-# Upper bounds of the numeric settings (the command lines use the same). The model works at
-# about 512x768; 4096 a side is far beyond any GPU's memory for it already.
-MAX_OUTPUT_SIDE = 4096
-MAX_STEPS = 1000  # the noise schedule's own length
-MAX_FPS = 1000.0
-MAX_SEED = 2**63 - 1  # what a torch generator accepts
-
-
-@dataclass
-class JobSettings:
-    """Everything the backend needs to know about one generation, stored as job.json.
-
-    model: a pipeline folder (see animate_backend), or "tiny" for the small untrained
-    pipeline used by tests and demos. Frames are numbered from frame_start to frame_end
-    inclusive, as in Blender; the output frame files are 0001.png... in that order.
-    """
-
-    model: str = "tiny"
-    width: int = 512
-    height: int = 768
-    fps: float = 24.0
-    frame_start: int = 1
-    frame_end: int = 24
-    steps: int = 20
-    guidance_scale: float = 3.5
-    seed: int = 0
-    context_frames: int = 24
-    context_overlap: int = 4
-    context_schedule: str = "tapered"
-    scheduler: str = "ddim"
-    retarget: str = "none"
-    draw_hands: bool = True
-    draw_face: bool = True
-    device: str = "auto"
-    precision: str = "auto"
-    output_kinds: list[str] = field(default_factory=lambda: ["frames", "video"])
-    # Where the job came from: blend file, scene, armature, camera, add-on version...
-    provenance: dict[str, Any] = field(default_factory=dict)
-    format_version: int = JOB_FORMAT_VERSION
-
-    @property
-    def num_frames(self) -> int:
-        return self.frame_end - self.frame_start + 1
-
-    def validate(self) -> None:
-        """Raise JobError naming every problem at once, each with what to do."""
-        problems = []
-        if self.width <= 0 or self.height <= 0 or self.width % 8 or self.height % 8:
-            problems.append(
-                f"output size {self.width}x{self.height} must be positive multiples of 8 "
-                f"(the VAE works on 8x8 pixel blocks); try "
-                f"{max(8, round(self.width / 8) * 8)}x{max(8, round(self.height / 8) * 8)}"
-            )
-        elif self.width > MAX_OUTPUT_SIDE or self.height > MAX_OUTPUT_SIDE:
-            problems.append(
-                f"output size {self.width}x{self.height} is beyond the limit of {MAX_OUTPUT_SIDE} pixels a side"
-            )
-        if self.frame_end < self.frame_start:
-            problems.append(
-                f"frame range {self.frame_start}-{self.frame_end} has no frames; set the end frame "
-                f"at or after the start frame"
-            )
-        if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
-            problems.append(f"fps must be a positive number up to {MAX_FPS:g}, got {self.fps}")
-        if self.steps < 1:
-            problems.append(f"steps must be at least 1, got {self.steps}")
-        elif self.steps > MAX_STEPS:
-            problems.append(f"steps must be at most {MAX_STEPS} (the noise schedule's length), got {self.steps}")
-        if not 0 <= self.seed <= MAX_SEED:
-            problems.append(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            problems.append(f"guidance scale must be a number >= 0, got {self.guidance_scale}")
-        if self.context_frames < 1:
-            problems.append(f"context window must hold at least 1 frame, got {self.context_frames}")
-        if not 0 <= self.context_overlap < max(1, self.context_frames):
-            problems.append(
-                f"context overlap must be between 0 and the window length minus one "
-                f"({self.context_frames - 1}), got {self.context_overlap}"
-            )
-        for name, value, allowed in (
-            ("scheduler", self.scheduler, SCHEDULERS),
-            ("context schedule", self.context_schedule, CONTEXT_SCHEDULES),
-            ("retarget", self.retarget, RETARGET_MODES),
-            ("device", self.device, DEVICES),
-            ("precision", self.precision, PRECISIONS),
-        ):
-            if value not in allowed:
-                problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        unknown = [k for k in self.output_kinds if k not in OUTPUT_KINDS]
-        if unknown or not self.output_kinds:
-            problems.append(f"output kinds must be a non-empty subset of {OUTPUT_KINDS}, got {self.output_kinds}")
-        if not self.model:
-            problems.append('model is empty; give a pipeline folder, or "tiny" for the untrained test model')
-        if problems:
-            raise JobError("invalid job settings:\n  - " + "\n  - ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "job.json") -> JobSettings:
-        if not isinstance(data, dict):
-            raise JobError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise JobError(f"{source}: unknown settings {unknown}; known ones are {sorted(known)}")
-        wrong = _wrong_types(data)
-        if wrong:
-            raise JobError(f"{source}: settings of the wrong type: " + "; ".join(wrong) + "; export the job again")
-        if data.get("format_version", JOB_FORMAT_VERSION) > JOB_FORMAT_VERSION:
-            raise JobError(
-                f"{source} was written by a newer version (format {data['format_version']}); "
-                f"update the backend to read it"
-            )
-        settings = cls(**data)
-        for name in _WHOLE_SETTINGS:
-            setattr(settings, name, int(getattr(settings, name)))
-        for name in _NUMBER_SETTINGS:
-            setattr(settings, name, float(getattr(settings, name)))
-        return settings
-
-
-# The JSON type of each setting, checked when job.json is read (validate checks the values).
-_WHOLE_SETTINGS = ("width", "height", "frame_start", "frame_end", "steps", "seed", "context_frames",
-                   "context_overlap", "format_version")
-_NUMBER_SETTINGS = ("fps", "guidance_scale")
-_TEXT_SETTINGS = ("model", "context_schedule", "scheduler", "retarget", "device", "precision")
-_SWITCH_SETTINGS = ("draw_hands", "draw_face")
-
-
-def _wrong_types(data: dict[str, Any]) -> list[str]:
-    """What is of the wrong JSON type in a job.json object: a number as text, a list as an id..."""
-    wrong = []
-
-    def is_number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    for name, value in data.items():
-        if name in _WHOLE_SETTINGS and not (is_number(value) and math.isfinite(value) and value == int(value)):
-            wrong.append(f"{name} must be a whole number, got {value!r}")
-        elif name in _NUMBER_SETTINGS and not is_number(value):
-            wrong.append(f"{name} must be a number, got {value!r}")
-        elif name in _TEXT_SETTINGS and not isinstance(value, str):
-            wrong.append(f"{name} must be text, got {value!r}")
-        elif name in _SWITCH_SETTINGS and not isinstance(value, bool):
-            wrong.append(f"{name} must be true or false, got {value!r}")
-        elif name == "output_kinds" and not (isinstance(value, list) and all(isinstance(k, str) for k in value)):
-            wrong.append(f"output_kinds must be a list of names, got {value!r}")
-        elif name == "provenance" and not isinstance(value, dict):
-            wrong.append(f"provenance must be an object, got {value!r}")
-    return wrong
+from pose_bridge.settings import JobSettings
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from animate_backend.errors import InputError
+from pose_bridge.settings import default_of
 
 
 @dataclass
@@ -119,8 +120,8 @@ class ValidationSettings:
     reference_image: str | None = None
     poses: str | None = None  # a pose_bridge sequence file
     num_frames: int = 24
-    num_inference_steps: int = 20
-    guidance_scale: float = 3.5
+    num_inference_steps: int = default_of("steps")
+    guidance_scale: float = default_of("guidance_scale")
     seed: int = 42
 
 

@@ -111,8 +111,8 @@ def test_a_failed_re_export_does_not_leave_the_old_settings(tmp_path, monkeypatc
     ({"context_frames": "8"}, "context_frames must be a whole number"),
     ({"format_version": "1"}, "format_version must be a whole number"),
     ({"seed": 1e30}, "seed must be a whole number from 0"),
-    ({"width": 8192, "height": 8192}, "beyond the limit of 4096"),
-    ({"steps": 5000}, "steps must be at most 1000"),
+    ({"width": 8192, "height": 8192}, "width must be a whole number from 8 to 4096, got 8192"),
+    ({"steps": 5000}, "steps must be a whole number from 1 to 1000, got 5000"),
 ])
 def test_settings_of_the_wrong_type_or_beyond_limits_are_named(tmp_path, change, says):
     """A hand-edited or foreign job.json: every wrong setting is named, none crashes the reader."""
