@@ -28,7 +28,7 @@ $(STAMP42): pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m blender_addon.demo --out demo_output $(DEMO_ARGS)
+	$(BIN)/python -m blender_addon.commands.demo --out demo_output $(DEMO_ARGS)
 
 # The small demo model, trained from scratch on the CPU (about two hours on 2 cores; not part of
 # `make demo` or the tests). Resumable: run it again after a stop and finished steps are skipped.

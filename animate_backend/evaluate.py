@@ -3,7 +3,7 @@
     python -m animate_backend evaluate MODEL --data HELDOUT/manifest.jsonl [--out scores.json] [--floors]
 
 HELDOUT is a manifest of frame-folder takes with keypoints, as `python -m
-blender_addon.dataset` writes (plain backgrounds). For each take the first frame is the
+blender_addon.commands.dataset` writes (plain backgrounds). For each take the first frame is the
 reference image and the model generates the others from their poses, at the frames' size.
 Generated frames are compared with the true ones (animate_backend.metrics):
 
@@ -76,7 +76,7 @@ def read_takes(manifest: str | Path, limit: int | None = None) -> list[Take]:
     for entry in read_manifest(manifest)[:limit]:
         if not isinstance(entry, dict) or "frames" not in entry or "keypoints" not in entry:
             raise InputError(f"held-out entries need 'frames' (a folder) and 'keypoints'; got {str(entry)[:80]} "
-                             "(render held-out takes with `python -m blender_addon.dataset`)")
+                             "(render held-out takes with `python -m blender_addon.commands.dataset`)")
         paths = sorted(p for p in Path(entry["frames"]).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         poses = load_poses(entry["keypoints"])
         name = str(entry.get("name") or entry["frames"])
@@ -243,7 +243,7 @@ def register(sub) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("model", metavar="MODEL", help='a pipeline folder, or "tiny"')
     p.add_argument("--data", required=True, metavar="HELDOUT",
-                   help="manifest of held-out takes (python -m blender_addon.dataset ... --seed OTHER)")
+                   help="manifest of held-out takes (python -m blender_addon.commands.dataset ... --seed OTHER)")
     p.add_argument("--out", metavar="JSON", help="write the scores here")
     p.add_argument("--floors", action="store_true",
                    help="also score the floors: the reference still copied, and the untrained architecture")

@@ -6,7 +6,7 @@ covariance under an 11x11 Gaussian window (sigma 1.5), constants (0.01 L)^2 and 
 computed per channel on the window positions that lie wholly inside the image, averaged.
 It is differentiable, so the VAE stage uses it as a loss too.
 
-Silhouettes: on a plain background (the synthetic datasets', `blender_addon.dataset`) the
+Silhouettes: on a plain background (the synthetic datasets', `blender_addon.commands.dataset`) the
 figure is every pixel whose colour differs from the background colour, the median of the
 image's border pixels, by more than a threshold in some channel. IoU compares two such masks.
 """

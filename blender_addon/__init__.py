@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 # Submodules in registration order (properties first: the others refer to them).
-_MODULE_NAMES = ("properties", "preferences", "operators", "panel")
+_MODULE_NAMES = ("ui.properties", "ui.preferences", "ui.operators", "ui.panel")
 
 
 def _modules():

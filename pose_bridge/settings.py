@@ -5,7 +5,7 @@ help text (a `Setting` in the field's metadata). Everything else is derived from
 
 - job.json (JobSettings.to_dict / from_dict) and its checks (JobSettings.validate);
 - the command-line options of both packages (pose_bridge.cli_args.add_setting_arguments);
-- the add-on's properties and preferences (blender_addon.ui.settings_props).
+- the add-on's properties and preferences (blender_addon.ui.properties.setting_property).
 
 So a new setting is one edit here (plus the code that uses it). This module needs nothing but
 the standard library: the add-on reads it inside Blender, the backend beside torch.
@@ -78,15 +78,15 @@ RETARGET_CHOICES = (
     ("global", "Overall Scale", "Scale and move the whole driving skeleton to the reference character"),
 )
 DEVICE_CHOICES = (
-    ("auto", "Automatic", "CUDA if available, then Apple MPS, else the CPU"),
+    ("auto", "Automatic", "CUDA if available, then Apple MPS, else CPU"),
     ("cuda", "CUDA", "An NVIDIA GPU"),
     ("mps", "Apple MPS", "Apple Silicon GPU"),
-    ("cpu", "CPU", "Very slow at full size; fine for small tests"),
+    ("cpu", "CPU", "Slow: minutes per frame with the full model"),
 )
 PRECISION_CHOICES = (
-    ("auto", "Automatic", "fp16 on CUDA, fp32 elsewhere"),
+    ("auto", "Automatic", "fp16 on GPUs, fp32 on the CPU"),
     ("fp16", "fp16", "Half precision: half the memory"),
-    ("bf16", "bf16", "bfloat16: needs a recent GPU"),
+    ("bf16", "bf16", "bfloat16: half the memory, for recent GPUs"),
     ("fp32", "fp32", "Full precision: most memory"),
 )
 
@@ -147,17 +147,17 @@ class JobSettings:
         problems = []
         # Ranges and choices, from each setting's declaration.
         for name, info in SETTINGS.items():
-            value = getattr(self, name)
+            value, words = getattr(self, name), name.replace("_", " ")
             if info.choices and value not in info.values:
-                problems.append(f"{name} must be one of {', '.join(info.values)}, got {value!r}")
+                problems.append(f"{words} must be one of {', '.join(info.values)}, got {value!r}")
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 if not math.isfinite(value):
-                    problems.append(f"{name} must be a finite number, got {value}")
+                    problems.append(f"{words} must be a finite number, got {value}")
                 elif (info.minimum is not None and value < info.minimum) or (
                     info.maximum is not None and value > info.maximum
                 ):
                     whole = isinstance(default_of(name), int)
-                    problems.append(f"{name} must be {range_text(info, whole)}, got {value}")
+                    problems.append(f"{words} must be {range_text(info, whole)}, got {value}")
         # What one setting alone cannot say.
         if self.width % 8 or self.height % 8:
             problems.append(

@@ -10,7 +10,7 @@ A shot list is the .blend files given on the command line and/or a text file, on
 The options after a file are those of `python -m blender_addon.cli` for that shot only; they
 come after the options given for every shot, so they win. Each shot's job folder is
 OUT/<file name without .blend> (a name used twice gets _2, _3...), the same layout as
-`python -m blender_addon.batch`.
+`python -m blender_addon.commands.batch`.
 
 A shot is done, and skipped, when its job folder holds a finished run made from the same .blend
 content with the same options (recorded in job.json's provenance under "farm" after the export).

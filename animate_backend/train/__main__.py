@@ -11,7 +11,7 @@ Preparing real videos (keypoints with DWPose, then a manifest):
     python -m pose_bridge detect videos/ --models dwpose/ --out keypoints/
     python -m animate_backend.train manifest videos/ --keypoints keypoints/ --out data/train.jsonl
 
-Synthetic data from a rigged character: `python -m blender_addon.dataset SCENE.blend --out DIR`.
+Synthetic data from a rigged character: `python -m blender_addon.commands.dataset SCENE.blend --out DIR`.
 """
 
 from __future__ import annotations

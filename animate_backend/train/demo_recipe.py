@@ -6,8 +6,8 @@ Steps, each a separate process, each skipped when its output is complete (so run
 same command again continues where a stopped run ended; the training steps resume from
 their newest complete checkpoint):
 
-    data      the demo character (blender_addon.demo_scene) rendered by `python -m
-              blender_addon.dataset --demo-character`: random poses and the walk/wave action,
+    data      the demo character (blender_addon.commands.demo_scene) rendered by `python -m
+              blender_addon.commands.dataset --demo-character`: random poses and the walk/wave action,
               random cameras, lights and plain grey backgrounds, 64x64       -> OUT/data/train
     heldout   the same from another seed, for evaluation                      -> OUT/data/heldout
     vae       stage 0, train_demo_vae.yaml                                     -> OUT/vae/vae
@@ -100,7 +100,7 @@ class Recipe:
     def _render(self, step: str, folder: Path, takes: int, seed: int) -> None:
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)  # a stopped render starts again (a few minutes)
-        self.run(step, [self.python, "-m", "blender_addon.dataset", "--demo-character", "--out", str(partial),
+        self.run(step, [self.python, "-m", "blender_addon.commands.dataset", "--demo-character", "--out", str(partial),
                         "--takes", str(takes), "--frames", str(TAKE_FRAMES), "--size", f"{SIZE[0]}x{SIZE[1]}",
                         "--seed", str(seed), "-q"])
         lines = (partial / "manifest.jsonl").read_text(encoding="utf-8").splitlines()

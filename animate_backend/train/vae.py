@@ -56,7 +56,7 @@ VAE_DIR = "vae"
 class FrameDataset(torch.utils.data.Dataset):
     """Every frame of the manifest's clips, cropped to width x height: {"pixel_values": (3, H, W) in [-1, 1]}.
 
-    Frame-folder clips only (what `blender_addon.dataset` writes): a VAE sees each frame on
+    Frame-folder clips only (what `blender_addon.commands.dataset` writes): a VAE sees each frame on
     its own, and decoding a video from its start for every random frame would be slow. The
     crop depends on (seed, epoch, index) only.
     """

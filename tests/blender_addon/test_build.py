@@ -45,8 +45,9 @@ def test_zip_has_the_manifest_at_its_root_and_the_wheel_it_lists(built):
         assert len(reason) <= 64 and reason[-1].isalnum()  # Blender's rule for these texts
     assert manifest["wheels"] == ["./wheels/pose_bridge-0.1.0-py3-none-any.whl"]
     assert "wheels/pose_bridge-0.1.0-py3-none-any.whl" in names
-    assert {"__init__.py", "operators.py", "panel.py", "properties.py", "preferences.py", "importing.py",
-            "backend_client.py", "generation.py"} <= names
+    assert {"__init__.py", "cli.py", "ui/operators.py", "ui/panel.py", "ui/properties.py", "ui/preferences.py",
+            "results/importing.py", "connection/client.py", "connection/generation.py", "export/projection.py",
+            "commands/cli.py"} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert [n for n in names if n.startswith("backend/") and n.endswith("-py3-none-any.whl")]
 
@@ -148,7 +149,7 @@ def test_blender_installs_and_enables_the_zip(built, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "installed add-on ok" in result.stdout
     installed = extensions / "user_default" / "animate_anyone"
-    assert (installed / "blender_manifest.toml").is_file() and (installed / "operators.py").is_file()
+    assert (installed / "blender_manifest.toml").is_file() and (installed / "ui" / "operators.py").is_file()
 
 
 def test_a_manifest_blender_rejects_fails_the_build(built, tmp_path):

@@ -16,9 +16,11 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import backend_runner, cli, demo_scene  # noqa: E402
+from blender_addon.connection import runner as backend_runner  # noqa: E402
+
+from blender_addon.commands import cli, demo_scene  # noqa: E402
 from blender_addon.errors import AddonError  # noqa: E402
-from blender_addon.job_export import ExportOptions, export_job  # noqa: E402
+from blender_addon.export.job_export import ExportOptions, export_job  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--model", "tiny", "--frames", "1-2", "--steps", "1", "--engine", "CYCLES", "--size", "64x64", "-q"]
@@ -89,7 +91,7 @@ def test_cli_in_process_needs_a_model(tmp_path):
     settings = json.loads((tmp_path / "job" / "job.json").read_text())
     assert settings["frame_end"] == 2 and not (tmp_path / "job" / "out").exists()
     # --map moved the left wrist keypoint to the upper arm's tail: onto the elbow.
-    from blender_addon import projection
+    from blender_addon.export import projection
     from pose_bridge.job import read_job
     from pose_bridge.keypoints import BODY_INDEX
 
@@ -108,7 +110,7 @@ def test_batch_runs_a_shot_list_skips_done_shots_and_reports_failures(tmp_path):
     good = save_demo_shot(tmp_path / "sh010.blend")
     no_camera = save_demo_shot(tmp_path / "sh020.blend", camera=False)
     out = tmp_path / "batch"
-    args = ["-m", "blender_addon.batch", str(good), str(no_camera), str(tmp_path / "sh030.blend"),
+    args = ["-m", "blender_addon.commands.batch", str(good), str(no_camera), str(tmp_path / "sh030.blend"),
             "--out", str(out), *TINY, "--import", "plane", "--save"]
 
     first = run(args)
@@ -182,7 +184,7 @@ def test_the_backend_python_is_found_in_order(tmp_path, monkeypatch):
 
 def test_the_demo_runs_the_main_job(tmp_path):
     out = tmp_path / "demo_output"
-    process = run(["-m", "blender_addon.demo", "--out", str(out), "--frames", "2", "--steps", "1", "--size", "64x64",
+    process = run(["-m", "blender_addon.commands.demo", "--out", str(out), "--frames", "2", "--steps", "1", "--size", "64x64",
                    "-q"])
 
     assert process.returncode == 0, process.stderr[-2000:]
@@ -201,7 +203,7 @@ def test_the_demo_runs_the_main_job(tmp_path):
 
 def test_cli_can_start_from_the_settings_saved_in_the_animate_tab(tmp_path):
     import blender_addon
-    from blender_addon import projection
+    from blender_addon.export import projection
     from pose_bridge.job import read_job
     from pose_bridge.keypoints import BODY_INDEX
 
@@ -260,7 +262,7 @@ def test_cli_numeric_options_are_checked_and_named(option, value, capsys):
     ("--max-angle", "nan"), ("--azimuth", "nan,3"), ("--seed", "-1"),
 ])
 def test_dataset_numeric_options_are_checked_and_named(option, value, capsys):
-    from blender_addon import dataset
+    from blender_addon.commands import dataset
 
     with pytest.raises(SystemExit):
         dataset.build_parser().parse_args(["character.blend", "--out", "data", option, value])

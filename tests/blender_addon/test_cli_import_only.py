@@ -15,7 +15,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import cli, demo_scene  # noqa: E402
+from blender_addon.commands import cli, demo_scene  # noqa: E402
 from pose_bridge.image_io import write_png, write_video  # noqa: E402
 from pose_bridge.job import JobPaths, JobSettings, write_settings  # noqa: E402
 

@@ -9,7 +9,9 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import cli, demo_scene, projection  # noqa: E402
+from blender_addon.commands import cli, demo_scene  # noqa: E402
+
+from blender_addon.export import projection  # noqa: E402
 from pose_bridge.job import read_job  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX  # noqa: E402
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import demo_scene, projection, reference  # noqa: E402
+from blender_addon.commands import demo_scene  # noqa: E402
+from blender_addon.export import projection, reference  # noqa: E402
 from blender_addon.errors import AddonError  # noqa: E402
-from blender_addon.job_export import ExportOptions, export_job, output_size, preview_skeleton  # noqa: E402
+from blender_addon.export.job_export import ExportOptions, export_job, output_size, preview_skeleton  # noqa: E402
 from pose_bridge import drawing, image_io, openpose_json  # noqa: E402
 from pose_bridge.job import read_job  # noqa: E402
+from pose_bridge.settings import JobSettings  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX  # noqa: E402
 
 
@@ -24,15 +27,21 @@ def scene():
 
 
 def options(**changes) -> ExportOptions:
-    base = dict(engine="CYCLES", frame_start=1, frame_end=3, model="tiny", steps=2, seed=7)
-    base.update(changes)
-    return ExportOptions(**base)
+    """ExportOptions for the demo scene; changes name either an export option or a job setting."""
+    job = JobSettings(model="tiny", steps=2, seed=7)
+    base = dict(engine="CYCLES", frame_start=1, frame_end=3)
+    for name, value in changes.items():
+        if name in {f.name for f in fields(ExportOptions)}:
+            base[name] = value
+        else:
+            setattr(job, name, value)
+    return ExportOptions(**base, job=job)
 
 
 def test_export_writes_a_complete_job_folder(scene, tmp_path):
     job_dir = tmp_path / "shots" / "sh010"
     calls = []
-    paths = export_job(scene, options(guidance=2.0, context_frames=8, context_overlap=2, context_schedule="loop"), job_dir,
+    paths = export_job(scene, options(guidance_scale=2.0, context_frames=8, context_overlap=2, context_schedule="loop"), job_dir,
                        progress=lambda done, total: calls.append((done, total)))
 
     assert paths.root == job_dir.resolve()
@@ -234,7 +243,7 @@ def test_options_reach_the_poses(scene, tmp_path):
     rig = bpy.data.objects[demo_scene.ARMATURE]
     rig.rotation_euler = (0.0, 0.0, math.radians(180))  # back to the camera
     paths = export_job(
-        scene, options(frame_end=1, hands=False, occlusion=True, mapping={"left_ear": None}), tmp_path / "job"
+        scene, options(frame_end=1, draw_hands=False, occlusion=True, mapping={"left_ear": None}), tmp_path / "job"
     )
     job = read_job(paths.root)
     pose = job.poses[0]
@@ -250,7 +259,8 @@ def test_bad_generation_settings_fail_before_any_work(scene, tmp_path):
         export_job(scene, options(steps=0, context_frames=4, context_overlap=4, scheduler="magic",
                                   context_schedule="uniform"), tmp_path / "job")
     message = str(error.value)
-    assert "steps must be at least 1" in message and "context overlap" in message and "scheduler" in message
+    assert "steps must be a whole number from 1 to 1000, got 0" in message
+    assert "context overlap" in message and "scheduler" in message
     assert "context schedule must be one of tapered, loop" in message
     with pytest.raises(AddonError, match="unknown reference mode 'photo'"):
         export_job(scene, options(reference="photo"), tmp_path / "job")
@@ -264,9 +274,9 @@ def test_exporting_a_shot_again_keeps_the_backends_work_and_the_users_files(scen
     from animate_backend.job_runner import PipelineCache, run_job
 
     job_dir = tmp_path / "sh010"
-    from blender_addon.batch import is_done
+    from blender_addon.commands.batch import is_done
 
-    shot = options(frame_end=2, steps=1, context_frames=8, context_overlap=2, device="cpu", guidance=1.0,
+    shot = options(frame_end=2, steps=1, context_frames=8, context_overlap=2, device="cpu", guidance_scale=1.0,
                    provenance={"batch": {"options": "opts", "blend_sha256": ["blend"]}})
     export_job(scene, shot, job_dir)
     cache = PipelineCache()

@@ -14,9 +14,10 @@ import bpy
 import pytest
 
 import ui_scene
-from blender_addon import generation, operators
+from blender_addon.connection import generation
+from blender_addon.ui import operators
 from blender_addon.errors import AddonError
-from blender_addon.job_export import JobExport, export_job
+from blender_addon.export.job_export import JobExport, export_job
 
 FRAMES = 6
 

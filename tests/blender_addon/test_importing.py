@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from bpy_extras.object_utils import world_to_camera_view
 
-from blender_addon import importing
+from blender_addon.results import importing
 from blender_addon.errors import AddonError
 from pose_bridge.image_io import write_png, write_video
 from pose_bridge.job import JobPaths, JobSettings, write_json_atomic, write_settings

@@ -25,7 +25,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 from mathutils import Matrix, Vector  # noqa: E402
 
-from blender_addon import projection  # noqa: E402
+from blender_addon.export import projection  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX  # noqa: E402
 
 WIDTH, HEIGHT = 96, 128

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 import ui_scene
-from blender_addon import backend_client, generation, operators
+from blender_addon.connection import client as backend_client
+from blender_addon.connection import generation
+from blender_addon.ui import operators
 from pose_bridge.job import JobPaths, read_settings
 
 
@@ -85,7 +87,7 @@ def test_refresh_mapping_detects_the_preset(scene):
 
 
 def test_preview_skeleton_draws_the_current_frame(scene):
-    from blender_addon.job_export import preview_skeleton
+    from blender_addon.export.job_export import preview_skeleton
 
     pictures = []
     for frame in (1, 3):
@@ -335,7 +337,7 @@ def test_crashed_backend_is_reported_and_the_next_generate_works(scene, tmp_path
 
 def test_in_process_runner_gives_the_same_result(scene, tmp_path):
     """With torch importable in Blender's Python, the job runs in a worker thread of Blender itself."""
-    from blender_addon import inprocess
+    from blender_addon.connection import inprocess
 
     if not inprocess.available():
         pytest.skip("torch is not installed in this Python")

@@ -15,7 +15,7 @@ import bpy
 import pytest
 
 import ui_scene
-from blender_addon import preferences
+from blender_addon.ui import preferences
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))

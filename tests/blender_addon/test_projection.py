@@ -15,7 +15,9 @@ import pytest
 bpy = pytest.importorskip("bpy")
 from mathutils import Matrix, Vector  # noqa: E402
 
-from blender_addon import demo_scene, projection  # noqa: E402
+from blender_addon.commands import demo_scene  # noqa: E402
+
+from blender_addon.export import projection  # noqa: E402
 from blender_addon.errors import AddonError  # noqa: E402
 from pose_bridge import bone_presets  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX, HAND_NAMES  # noqa: E402

@@ -12,10 +12,11 @@ import pytest
 
 import blender_addon
 import ui_scene
-from blender_addon import backend_client, panel, preferences
-from blender_addon.operators import CLASSES as OPERATOR_CLASSES
-from blender_addon.panel import CLASSES as PANEL_CLASSES
-from blender_addon.properties import effective_camera, effective_frame_range, effective_size
+from blender_addon.connection import client as backend_client
+from blender_addon.ui import panel, preferences
+from blender_addon.ui.operators import CLASSES as OPERATOR_CLASSES
+from blender_addon.ui.panel import CLASSES as PANEL_CLASSES
+from blender_addon.ui.properties import effective_camera, effective_frame_range, effective_size
 
 OPERATORS = ("preview_skeleton", "export_job", "generate", "cancel_generate", "import_result",
              "refresh_mapping", "stop_backend", "setup_backend", "cancel_setup")
@@ -88,7 +89,7 @@ def test_camera_and_armature_pointers_take_only_their_kind():
     settings = bpy.context.scene.animate_anyone
     assert prop["armature"].fixed_type.identifier == "Object"
     # The poll functions are what the panel's pickers use.
-    from blender_addon.properties import _poll_armature, _poll_camera
+    from blender_addon.ui.properties import _poll_armature, _poll_camera
 
     assert _poll_camera(settings, camera) and not _poll_camera(settings, empty)
     assert not _poll_armature(settings, camera)
@@ -229,7 +230,7 @@ class _PrefsProxy:
 
 
 def test_progress_shows_in_panel_and_status_bar(tmp_path):
-    from blender_addon import generation
+    from blender_addon.connection import generation
 
     scene = ui_scene.build_scene(tmp_path)
     ui_scene.enable_addon()

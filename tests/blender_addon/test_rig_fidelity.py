@@ -22,7 +22,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 from mathutils import Euler, Vector  # noqa: E402
 
-from blender_addon import projection  # noqa: E402
+from blender_addon.export import projection  # noqa: E402
 from pose_bridge import bone_presets  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX, BODY_NAMES, HAND_NAMES  # noqa: E402
 

@@ -23,7 +23,7 @@ bpy = pytest.importorskip("bpy")
 
 from animate_backend.farm.runner import FarmOptions, run_farm  # noqa: E402
 from animate_backend.farm.shots import make_shots  # noqa: E402
-from blender_addon import demo_scene  # noqa: E402
+from blender_addon.commands import demo_scene  # noqa: E402
 from pose_bridge.image_io import read_image  # noqa: E402
 from pose_bridge.job import JobPaths  # noqa: E402
 

@@ -36,7 +36,7 @@ def test_a_shot_list_names_files_and_per_shot_options(tmp_path):
         tmp_path / "sh005.blend", base / "sh010.blend", base / "shots" / "sh020.blend",
         base / "other dir" / "sh010.blend",
     ]
-    # One job folder per shot, a name used twice gets _2 (as blender_addon.batch names them).
+    # One job folder per shot, a name used twice gets _2 (as blender_addon.commands.batch names them).
     assert [shot.job_dir.name for shot in shots] == ["sh005", "sh010", "sh020", "sh010_2"]
     assert all(shot.job_dir.parent == tmp_path / "renders" for shot in shots)
     assert shots[2].options == ["--frames", "1-48", "--seed", "7"]

@@ -81,7 +81,7 @@ def test_a_two_shot_job_compiles_to_export_generate_import_per_shot(tmp_path):
         assert command["parameters"]["blendfile"] == f"/farm/shots/{shot}.blend"
         args = addon_cli_parser().parse_args(cli_args(command))
         assert (args.out, args.export_only, args.model) == (job_dir, True, "/farm/models/animate_anyone")
-        assert (args.frames, args.size, args.steps, args.guidance, args.seed) == ((1, 48), (512, 768), 20, 3.5, 0)
+        assert (args.frames, args.size, args.steps, args.guidance_scale, args.seed) == ((1, 48), (512, 768), 20, 3.5, 0)
         assert (args.camera, args.retarget) == ("Cam B", "chain")
 
         command = generate["commands"][0]

@@ -8,8 +8,10 @@ import pytest
 bpy = pytest.importorskip("bpy")
 from mathutils import Quaternion, Vector  # noqa: E402
 
-from blender_addon import demo_scene, projection  # noqa: E402
-from blender_addon.dataset import DatasetSettings, generate_dataset, main  # noqa: E402
+from blender_addon.commands import demo_scene  # noqa: E402
+
+from blender_addon.export import projection  # noqa: E402
+from blender_addon.commands.dataset import DatasetSettings, generate_dataset, main  # noqa: E402
 from pose_bridge import bone_presets  # noqa: E402
 from pose_bridge.image_io import read_image  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX  # noqa: E402

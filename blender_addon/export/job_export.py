@@ -1,6 +1,6 @@
 """Writing a job folder from a scene: the add-on's half of the job (README.md).
 
-    options = ExportOptions(armature="Hero", frame_start=1, frame_end=48, model="/models/aa")
+    options = ExportOptions(armature="Hero", frame_start=1, frame_end=48, job=JobSettings(model="/models/aa"))
     paths = export_job(bpy.context.scene, options, "/shots/sh010/job")
 
 writes job.json, poses.json, the drawn skeletons in poses/, reference.png and, for a
@@ -16,6 +16,7 @@ responsive and the export can be cancelled).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -35,7 +36,7 @@ from pose_bridge.files import make_partial_dir, partial_prefix, remove_partial_d
 from pose_bridge.job import JobPaths, JobSettings, write_job
 
 from . import projection, reference
-from .errors import AddonError
+from ..errors import AddonError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class ExportOptions:
     reference: "render" (a still of the scene at reference_frame with engine) or "image"
         (image_path; reference_pose_path optionally gives its skeleton for retargeting).
     engine: "SCENE", "WORKBENCH", "CYCLES" or "EEVEE".
-    The rest are the generation settings of pose_bridge.job.JobSettings.
+    job: the generation settings (model, steps, guidance, seed, windows, sampler, retarget,
+        hands/face, device, precision); the skeletons are drawn with its draw_hands/draw_face.
     """
 
     armature: str = ""
@@ -74,8 +76,6 @@ class ExportOptions:
     height: int | None = None
     mapping: dict[str, Any] = field(default_factory=dict)
     preset: str = "auto"
-    hands: bool = True
-    face: bool = True
     occlusion: bool = False
     neck: str = "shoulders"
     reference: str = "render"
@@ -84,21 +84,10 @@ class ExportOptions:
     image_path: str = ""
     reference_pose_path: str = ""
     draw_skeletons: bool = True
-    # Generation (pose_bridge.job.JobSettings).
-    model: str = "tiny"
-    steps: int = 20
-    guidance: float = 3.5
-    seed: int = 0
-    context_frames: int = 24
-    context_overlap: int = 4
-    context_schedule: str = "tapered"
-    scheduler: str = "ddim"
-    retarget: str = "none"
-    device: str = "auto"
-    precision: str = "auto"
-    output_kinds: list[str] = field(default_factory=lambda: ["frames", "video"])
-    # Extra provenance recorded in job.json (the batch module stores its shot fingerprint here).
-    provenance: dict[str, Any] = field(default_factory=dict)
+    # The generation settings as they go into job.json (pose_bridge.settings declares them).
+    # Size, frames and fps are filled in from the scene when exporting; provenance gains the
+    # blend file, scene, armature and camera.
+    job: JobSettings = field(default_factory=JobSettings)
 
 
 def round_to_8(value: int) -> int:
@@ -121,8 +110,8 @@ def output_size(scene: bpy.types.Scene) -> tuple[int, int, str]:
 
 
 def addon_version() -> str:
-    """The version in blender_manifest.toml next to this module ("unknown" without one)."""
-    manifest = Path(__file__).with_name("blender_manifest.toml")
+    """The version in the add-on's blender_manifest.toml ("unknown" without one)."""
+    manifest = Path(__file__).resolve().parent.parent / "blender_manifest.toml"
     try:
         return str(tomllib.loads(manifest.read_text(encoding="utf-8")).get("version", "unknown"))
     except (OSError, tomllib.TOMLDecodeError):
@@ -165,7 +154,7 @@ def _project(
 ) -> projection.ProjectionResult:
     return projection.project_sequence(
         scene, resolved.armature, resolved.camera, start, end, resolved.width, resolved.height,
-        overrides=options.mapping, preset=options.preset, hands=options.hands, face=options.face,
+        overrides=options.mapping, preset=options.preset, hands=options.job.draw_hands, face=options.job.draw_face,
         occlusion=options.occlusion, neck=options.neck, progress=progress,
     )
 
@@ -177,7 +166,7 @@ def preview_skeleton(scene: bpy.types.Scene, options: ExportOptions, frame: int 
     result = _project(scene, options, resolved, frame, frame)
     pose = result.poses[0]
     return drawing.draw_pose(
-        pose, hands=options.hands, face=options.face,
+        pose, hands=options.job.draw_hands, face=options.job.draw_face,
         stroke_scale=drawing.stroke_scale_for(pose.canvas_width, pose.canvas_height),
     )
 
@@ -196,26 +185,14 @@ def _reference_image(scene, options: ExportOptions, resolved: _Resolved, referen
 
 
 def _job_settings(scene, options: ExportOptions, resolved: _Resolved, provenance: dict[str, Any]) -> JobSettings:
-    settings = JobSettings(
-        model=options.model,
+    settings = dataclasses.replace(
+        options.job,
         width=resolved.width,
         height=resolved.height,
         fps=scene.render.fps / scene.render.fps_base,
         frame_start=resolved.frame_start,
         frame_end=resolved.frame_end,
-        steps=int(options.steps),
-        guidance_scale=float(options.guidance),
-        seed=int(options.seed),
-        context_frames=int(options.context_frames),
-        context_overlap=int(options.context_overlap),
-        context_schedule=options.context_schedule,
-        scheduler=options.scheduler,
-        retarget=options.retarget,
-        draw_hands=bool(options.hands),
-        draw_face=bool(options.face),
-        device=options.device,
-        precision=options.precision,
-        output_kinds=list(options.output_kinds),
+        output_kinds=list(options.job.output_kinds),
         provenance=provenance,
     )
     try:
@@ -316,9 +293,9 @@ class JobExport:
             raise AddonError(
                 f"unknown reference mode '{options.reference}'; use one of {', '.join(REFERENCE_MODES)}"
             )
-        if self.mode == "image" and options.retarget != "none" and not options.reference_pose_path:
+        if self.mode == "image" and options.job.retarget != "none" and not options.reference_pose_path:
             raise AddonError(
-                f"retarget is '{options.retarget}' with an image reference, which needs the image's skeleton: "
+                f"retarget is '{options.job.retarget}' with an image reference, which needs the image's skeleton: "
                 f"give its OpenPose file (python -m pose_bridge detect makes one), or turn retargeting off"
             )
         # Bad generation settings fail here, before the projection and the render take time.
@@ -327,7 +304,7 @@ class JobExport:
         self._projector = projection.make_projector(
             scene, resolved.armature, resolved.camera, resolved.frame_start, resolved.frame_end,
             resolved.width, resolved.height, overrides=options.mapping, preset=options.preset,
-            hands=options.hands, face=options.face, occlusion=options.occlusion, neck=options.neck,
+            hands=options.job.draw_hands, face=options.job.draw_face, occlusion=options.occlusion, neck=options.neck,
         )
         self._frames = list(range(resolved.frame_start, resolved.frame_end + 1))
         self._poses: list = []
@@ -446,7 +423,7 @@ class JobExport:
                 if self.mode == "render" else {"mode": "image", "path": str(options.image_path)}
             ),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **options.provenance,
+            **options.job.provenance,
         }
 
         job_dir = self.job_dir

@@ -1,4 +1,4 @@
-"""The main job, end to end on a scene made here: `python -m blender_addon.demo --out demo_output`.
+"""The main job, end to end on a scene made here: `python -m blender_addon.commands.demo --out demo_output`.
 
 1. builds the demo shot (demo_scene: a Rigify-named rig with a skinned body, walking and
    waving) and saves it as demo_output/demo.blend;
@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 from pose_bridge.errors import PoseBridgeError
+from pose_bridge.settings import JobSettings
 
 from . import cli
-from .errors import AddonError
+from ..errors import AddonError
 
 UNTRAINED_BANNER = (
     "NOTE: no --model given, so the demo uses the tiny UNTRAINED pipeline (random weights).\n"
@@ -31,7 +32,7 @@ UNTRAINED_BANNER = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m blender_addon.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m blender_addon.commands.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_output", metavar="DIR", help="output folder (default demo_output)")
     parser.add_argument("--model", default="tiny", metavar="DIR",
                         help='pipeline folder (default "tiny": the small untrained pipeline)')
@@ -53,7 +54,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     import bpy
 
     from . import demo_scene
-    from .job_export import ExportOptions
+    from ..export.job_export import ExportOptions
 
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -68,9 +69,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     scene = demo_scene.build_demo_scene(width=width, height=height, frames=args.frames)
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
 
-    options = ExportOptions(
-        armature=demo_scene.ARMATURE,
-        engine=engine,
+    job = JobSettings(
         model=args.model if untrained else str(Path(args.model).expanduser().resolve()),
         steps=steps,
         context_frames=min(24, args.frames),
@@ -78,6 +77,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         device=args.device,
         provenance={"demo": True},
     )
+    options = ExportOptions(armature=demo_scene.ARMATURE, engine=engine, job=job)
     outcome = cli.run_shot(
         scene, options, out / "job", import_mode="plane", save=True,
         backend_python=args.backend_python, on_line=cli.backend_printer(args.quiet),

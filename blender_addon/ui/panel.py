@@ -5,8 +5,12 @@ from __future__ import annotations
 import bpy
 from bpy.types import Panel, UIList
 
-from . import backend_client, generation, mapping, preferences
-from .properties import effective_camera, effective_frame_range, effective_size, keypoint_label
+from ..connection import client as backend_client
+from ..connection import generation
+
+from . import mapping, preferences
+from .mapping import keypoint_label
+from .properties import effective_camera, effective_frame_range, effective_size
 
 
 class ANIMATE_UL_bone_map(UIList):

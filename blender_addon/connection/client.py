@@ -28,7 +28,7 @@ from typing import Any
 from pose_bridge import backend_protocol
 from pose_bridge.backend_protocol import PROTOCOL_VERSION, ProtocolError
 
-from .errors import AddonError
+from ..errors import AddonError
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,12 @@ from bpy.props import EnumProperty, StringProperty
 from bpy.types import Operator
 
 from pose_bridge.errors import PoseBridgeError
+from pose_bridge.settings import GENERATION_SETTINGS, RUNTIME_SETTINGS, JobSettings, default_of
 
-from . import backend_client, generation, inprocess, mapping, preferences
-from .errors import AddonError
+from ..connection import client as backend_client
+from ..connection import generation, inprocess
+from ..errors import AddonError
+from . import mapping, preferences
 from .properties import IMPORT_MODES, effective_camera, effective_frame_range, effective_size
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,7 @@ def export_options(scene, prefs=None, for_frame: int | None = None):
 
     for_frame: only that frame (Preview Skeleton), which needs no model.
     """
-    from .job_export import ExportOptions
+    from ..export.job_export import ExportOptions
 
     settings = scene.animate_anyone
     check_scene(scene, check_range=for_frame is None)
@@ -80,6 +83,11 @@ def export_options(scene, prefs=None, for_frame: int | None = None):
     width, height, _note = effective_size(scene, settings)
     if settings.reference_source == "IMAGE" and not settings.reference_image:
         raise AddonError("Reference is set to an image file but no file is chosen: pick one in Reference")
+    # The generation settings are the scene's properties of the same names (ui.properties makes
+    # them from pose_bridge.settings); device and precision are the preferences'.
+    job = JobSettings(**{name: getattr(settings, name) for name in GENERATION_SETTINGS})
+    for name in RUNTIME_SETTINGS:
+        setattr(job, name, getattr(prefs, name) if prefs is not None else default_of(name))
     options = ExportOptions(
         armature=settings.armature.name,
         camera=effective_camera(scene, settings).name,
@@ -90,27 +98,16 @@ def export_options(scene, prefs=None, for_frame: int | None = None):
         # The table holds the whole mapping (filled from the detected preset, then edited).
         mapping=mapping.table_sources(settings),
         preset="none",
-        hands=settings.draw_hands,
-        face=settings.draw_face,
         occlusion=settings.occlusion,
         neck=settings.neck,
         reference="image" if settings.reference_source == "IMAGE" else "render",
         reference_frame=settings.reference_frame,
         engine=settings.reference_engine,
         image_path=bpy.path.abspath(settings.reference_image) if settings.reference_image else "",
-        steps=settings.steps,
-        guidance=settings.guidance_scale,
-        seed=settings.seed,
-        context_frames=settings.context_frames,
-        context_overlap=settings.context_overlap,
-        context_schedule=settings.context_schedule,
-        scheduler=settings.scheduler,
-        retarget=settings.retarget,
-        device=prefs.device if prefs is not None else "auto",
-        precision=prefs.precision if prefs is not None else "auto",
+        job=job,
     )
     if for_frame is None:
-        options.model = model_setting(prefs)
+        options.job.model = model_setting(prefs)
     return options
 
 
@@ -173,7 +170,7 @@ class ANIMATE_OT_preview_skeleton(Operator):
     bl_options = {"REGISTER"}
 
     def execute(self, context):
-        from .job_export import preview_skeleton
+        from ..export.job_export import preview_skeleton
 
         scene = context.scene
         try:
@@ -201,7 +198,7 @@ class ANIMATE_OT_export_job(Operator):
     directory: StringProperty(name="Job Folder", subtype="DIR_PATH", description="Empty: a new folder in the output folder")
 
     def execute(self, context):
-        from .job_export import export_job
+        from ..export.job_export import export_job
 
         scene = context.scene
         try:
@@ -350,7 +347,7 @@ class ANIMATE_OT_import_result(Operator):
         return {"RUNNING_MODAL"}
 
     def execute(self, context):
-        from .importing import import_result
+        from ..results.importing import import_result
 
         scene = context.scene
         if not self.directory:

@@ -32,7 +32,7 @@ from typing import Any
 from pose_bridge.errors import PoseBridgeError
 from pose_bridge.job import JobPaths
 
-from .errors import AddonError
+from ..errors import AddonError
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class GenerateController:
         Raises AddonError for a scene or a setup that cannot work (no armature, unmapped
         body bones, no backend...), with nothing written and no job sent.
         """
-        from .job_export import JobExport
+        from ..export.job_export import JobExport
 
         if self.state != "new":
             raise AddonError("this Generate run has already been started")
@@ -217,7 +217,7 @@ class GenerateController:
 
     def finish(self):
         """Import the result on the main thread; returns the object/strip/node (None if nothing)."""
-        from .importing import import_result
+        from ..results.importing import import_result
 
         if not self.finished:
             raise AddonError("Generate has not finished yet")

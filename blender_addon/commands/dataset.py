@@ -1,7 +1,7 @@
 """Synthetic training data from the user's own rigged character.
 
-    python -m blender_addon.dataset SCENE.blend --out DIR [--takes 16 --frames 24 --size 512x512 ...]
-    python -m blender_addon.dataset --demo-character --out DIR ...   (the demo's character, blender_addon.demo_scene)
+    python -m blender_addon.commands.dataset SCENE.blend --out DIR [--takes 16 --frames 24 --size 512x512 ...]
+    python -m blender_addon.commands.dataset --demo-character --out DIR ...   (the demo's character, blender_addon.commands.demo_scene)
 
 renders the character of SCENE.blend in many poses, from many cameras, under varied
 light, and writes each take as a folder of frames with the exact keypoints of every frame,
@@ -20,7 +20,7 @@ stays put. Each take gets its own camera on an orbit round the character (azimut
 scene camera's side, elevation and distance within ranges, the whole character in frame),
 its own sun and background colour.
 
-Keypoints come from the add-on's own projection (blender_addon.projection): the points a
+Keypoints come from the add-on's own projection (blender_addon.export.projection): the points a
 Generate would send to the model, here with the pictures that belong to them. Frames are
 rendered with the add-on's still renderer (Workbench by default: fast and headless; or
 Cycles with few samples). The .blend file is never saved, and `generate_dataset` puts back
@@ -42,14 +42,14 @@ import bpy
 import numpy as np
 from mathutils import Euler, Quaternion, Vector
 
-from pose_bridge.cli_args import number, whole
+from pose_bridge.cli_args import add_setting_arguments, number, whole
 from pose_bridge.files import atomic_write_bytes
 from pose_bridge.image_io import write_png
 from pose_bridge.keypoints import PoseSequence
 from pose_bridge.openpose_json import write_sequence
 
-from . import projection, reference
-from .errors import AddonError
+from ..export import projection, reference
+from ..errors import AddonError
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli import _mapping_item, _size
 
     parser = argparse.ArgumentParser(
-        prog="python -m blender_addon.dataset",
+        prog="python -m blender_addon.commands.dataset",
         description="Render a rigged character in many poses, cameras and lights, with exact keypoints, "
                     "as training data for animate_backend.train.",
     )
@@ -407,8 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default=d.preset, help="bone-name preset: auto, none, or a preset name")
     parser.add_argument("--map", dest="mapping", action="append", type=_mapping_item, default=[],
                         metavar="KEYPOINT=BONE", help="map a keypoint to a bone (repeatable)")
-    parser.add_argument("--no-hands", action="store_true", help="no hand keypoints")
-    parser.add_argument("--no-face", action="store_true", help="no face keypoints")
+    add_setting_arguments(parser, ("draw_hands", "draw_face"))
     parser.add_argument("--occlusion", action="store_true", help="drop keypoints hidden behind the character")
     parser.add_argument("-q", "--quiet", action="store_true")
     return parser
@@ -426,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         takes=args.takes, frames=args.frames, width=args.size[0], height=args.size[1], engine=args.engine,
         samples=args.samples, random_fraction=args.random_fraction, key_poses=args.key_poses,
         max_angle=args.max_angle, azimuth=args.azimuth, elevation=args.elevation, margin=args.margin,
-        seed=args.seed, preset=args.preset, overrides=dict(args.mapping), hands=not args.no_hands,
-        face=not args.no_face, occlusion=args.occlusion,
+        seed=args.seed, preset=args.preset, overrides=dict(args.mapping), hands=args.draw_hands,
+        face=args.draw_face, occlusion=args.occlusion,
     )
     if (args.blend is None) == (not args.demo_character):
         print("error: give a .blend file or --demo-character (one of them)", file=sys.stderr)

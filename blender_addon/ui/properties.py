@@ -20,7 +20,10 @@ from bpy.props import (
 )
 from bpy.types import PropertyGroup
 
-from pose_bridge.keypoints import BODY_NAMES, HAND_NAMES
+from pose_bridge.settings import SETTINGS, default_of
+
+from . import mapping
+
 
 KEYPOINT_GROUPS = (
     ("body", "Body", "OpenPose COCO-18 body point"),
@@ -64,34 +67,40 @@ REFERENCE_ENGINES = (
     ("EEVEE", "EEVEE", "EEVEE: slow without a GPU"),
 )
 
-RETARGET_MODES = (
-    ("none", "Off", "Use the armature's own proportions"),
-    ("chain", "Bone Lengths", "Rescale each bone of the driving skeleton to the reference character's length"),
-    ("global", "Overall Scale", "Scale and move the whole driving skeleton to the reference character"),
-)
-
-SCHEDULERS = (
-    ("ddim", "DDIM", "The sampler the Animate Anyone weights were released with"),
-    ("dpmsolver++", "DPM-Solver++", "Good results in fewer steps"),
-    ("euler", "Euler", "Euler discrete"),
-    ("lcm", "LCM", "Only for LCM-distilled weights"),
-)
-
-CONTEXT_SCHEDULES = (
-    ("tapered", "Tapered", "Windows never wrap around; overlaps cross-fade (smoothest joins)"),
-    ("loop", "Loop (Moore)", "Moore-AnimateAnyone's windows: the last wraps onto the first frames; plain mean. "
-     "For reproducing published results"),
-)
 
 
-def keypoint_label(group: str, keypoint: str) -> str:
-    """A keypoint as people read it: 'left_hand.index_2' -> 'L Index 2'."""
-    words = keypoint.replace("_", " ").title()
-    if group == "left_hand":
-        return f"L {words}"
-    if group == "right_hand":
-        return f"R {words}"
-    return words
+
+
+
+# Blender's IntProperty holds 32-bit numbers.
+_INT_LIMIT = 2**31 - 1
+
+
+def setting_property(name: str, **overrides):
+    """The bpy property of the JobSettings field `name`, as pose_bridge.settings declares it.
+
+    Label, tooltip, default, range and choices come from the declaration; overrides are
+    Blender-only details (a slider's step, a scene frame's minimum of 0).
+    """
+    info, default = SETTINGS[name], default_of(name)
+    common = {"name": info.label, "description": info.help[:1].upper() + info.help[1:], "default": default}
+    if isinstance(default, bool):
+        return BoolProperty(**common, **overrides)
+    if info.choices:
+        return EnumProperty(items=info.choices, **common, **overrides)
+    if isinstance(default, str):
+        return StringProperty(**common, **overrides)
+    limits = {}
+    if info.minimum is not None:
+        limits["min"] = info.minimum
+    if info.maximum is not None:
+        limits["max"] = info.maximum
+    if info.soft_maximum is not None:
+        limits["soft_max"] = info.soft_maximum
+    if isinstance(default, int):
+        limits = {key: int(max(-_INT_LIMIT, min(_INT_LIMIT, value))) for key, value in limits.items()}
+        return IntProperty(**common, **{**limits, **overrides})
+    return FloatProperty(**common, **{**limits, **overrides})
 
 
 class ANIMATE_PG_bone_map_item(PropertyGroup):
@@ -122,8 +131,6 @@ def _poll_camera(_self, obj) -> bool:
 def _armature_changed(self, context) -> None:
     # A new armature gets its preset detected at once; an edited mapping of the same
     # armature is left alone (Refresh Mapping redoes it on request).
-    from . import mapping
-
     if self.armature is not None:
         mapping.fill_from_preset(self, self.armature)
     else:
@@ -151,15 +158,15 @@ class ANIMATE_PG_scene_settings(PropertyGroup):
 
     # Frames and size.
     use_scene_range: BoolProperty(name="Use Scene Range", default=True, description="Use the scene's frame range")
-    frame_start: IntProperty(name="Start", default=1, min=0, description="First frame to generate")
-    frame_end: IntProperty(name="End", default=24, min=0, description="Last frame to generate (included)")
+    frame_start: setting_property("frame_start", min=0)
+    frame_end: setting_property("frame_end", min=0)
     use_render_size: BoolProperty(
         name="Use Render Size",
         default=True,
         description="Use the scene's render size (with its percentage), rounded to multiples of 8",
     )
-    width: IntProperty(name="Width", default=512, min=8, max=4096, step=8, description="Output width (multiple of 8)")
-    height: IntProperty(name="Height", default=768, min=8, max=4096, step=8, description="Output height (multiple of 8)")
+    width: setting_property("width", step=8)
+    height: setting_property("height", step=8)
 
     # Bone mapping.
     bone_map: CollectionProperty(type=ANIMATE_PG_bone_map_item)
@@ -168,8 +175,8 @@ class ANIMATE_PG_scene_settings(PropertyGroup):
     show_hand_mapping: BoolProperty(name="Show Hand Keypoints", default=False)
 
     # What to draw.
-    draw_hands: BoolProperty(name="Hands", default=True, description="Draw hand keypoints from the finger bones")
-    draw_face: BoolProperty(name="Face", default=True, description="Draw face keypoints (eyes, ears, face vertex groups)")
+    draw_hands: setting_property("draw_hands")
+    draw_face: setting_property("draw_face")
     occlusion: BoolProperty(
         name="Occlusion",
         default=False,
@@ -188,23 +195,15 @@ class ANIMATE_PG_scene_settings(PropertyGroup):
         description="Image of the character, front view, like the first frame of the video",
     )
 
-    # Generation.
-    steps: IntProperty(name="Steps", default=20, min=1, max=200, description="Denoising steps (20-30 is usual)")
-    guidance_scale: FloatProperty(
-        name="Guidance", default=3.5, min=0.0, max=20.0, description="Classifier-free guidance scale (3.5 is usual)"
-    )
-    seed: IntProperty(name="Seed", default=0, min=0, description="Random seed: the same seed gives the same video")
-    context_frames: IntProperty(
-        name="Window", default=24, min=1, max=64, description="Frames denoised together (24 is what the model learned)"
-    )
-    context_overlap: IntProperty(
-        name="Overlap", default=4, min=0, max=63, description="Frames shared by neighbouring windows, for smooth joins"
-    )
-    context_schedule: EnumProperty(
-        name="Windows", items=CONTEXT_SCHEDULES, default="tapered", description="How long shots are split into windows"
-    )
-    retarget: EnumProperty(name="Retarget", items=RETARGET_MODES, default="none")
-    scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default="ddim")
+    # Generation: each declared once in pose_bridge.settings.
+    steps: setting_property("steps")
+    guidance_scale: setting_property("guidance_scale")
+    seed: setting_property("seed")
+    context_frames: setting_property("context_frames")
+    context_overlap: setting_property("context_overlap")
+    context_schedule: setting_property("context_schedule")
+    retarget: setting_property("retarget")
+    scheduler: setting_property("scheduler")
 
     # Output.
     output_dir: StringProperty(
@@ -251,7 +250,7 @@ def effective_frame_range(scene: bpy.types.Scene, settings: ANIMATE_PG_scene_set
 
 def effective_size(scene: bpy.types.Scene, settings: ANIMATE_PG_scene_settings) -> tuple[int, int, str]:
     """(width, height, note): the output size, and a note for the panel when it was rounded."""
-    from .job_export import output_size, round_to_8
+    from ..export.job_export import output_size, round_to_8
 
     if settings.use_render_size:
         return output_size(scene)
@@ -260,11 +259,3 @@ def effective_size(scene: bpy.types.Scene, settings: ANIMATE_PG_scene_settings) 
     if (width, height) != (settings.width, settings.height):
         note = f"{settings.width}x{settings.height} rounded to {width}x{height} (multiples of 8)"
     return width, height, note
-
-
-def all_keypoints() -> list[tuple[str, str]]:
-    """Every (group, keypoint) of the mapping table, in table order."""
-    rows = [("body", name) for name in BODY_NAMES]
-    for group in ("left_hand", "right_hand"):
-        rows += [(group, name) for name in HAND_NAMES]
-    return rows

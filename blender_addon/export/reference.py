@@ -23,8 +23,8 @@ import numpy as np
 
 from pose_bridge.image_io import flatten_to_rgb8
 
-from .errors import AddonError
-from .importing import RESULT_PROPERTY
+from ..errors import AddonError
+from ..results.importing import RESULT_PROPERTY
 from .projection import output_frame, restored_frame
 
 log = logging.getLogger(__name__)

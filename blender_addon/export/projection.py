@@ -63,7 +63,7 @@ from mathutils import Vector
 from pose_bridge import bone_presets
 from pose_bridge.keypoints import BODY_NAMES, FACE_POINTS, HAND_NAMES, Pose, PoseSequence, set_neck_from_shoulders
 
-from .errors import AddonError
+from ..errors import AddonError
 
 log = logging.getLogger(__name__)
 

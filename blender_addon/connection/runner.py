@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from pose_bridge.job import JobPaths
 
-from .errors import AddonError
+from ..errors import AddonError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _backend_importable_here() -> bool:
 def _preference_python() -> str:
     """The backend Python set in the add-on's preferences ("" outside Blender's add-on system)."""
     try:
-        from .preferences import get_preferences, resolved_backend_python
+        from ..ui.preferences import get_preferences, resolved_backend_python
     except ImportError:
         return ""
     try:

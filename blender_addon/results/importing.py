@@ -23,7 +23,7 @@ from mathutils import Matrix, Vector
 
 from pose_bridge.job import JobPaths, read_settings
 
-from .errors import AddonError
+from ..errors import AddonError
 
 IMPORT_MODES = ("PLANE", "STRIP", "COMPOSITOR", "NONE")
 # Custom property on imported planes (reference.py hides such objects when rendering a still).

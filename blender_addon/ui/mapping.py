@@ -8,10 +8,27 @@ it back as the plain {group: {keypoint: source}} dicts pose_bridge uses.
 from __future__ import annotations
 
 from pose_bridge import bone_presets
-
-from .properties import all_keypoints, keypoint_label
+from pose_bridge.keypoints import BODY_NAMES, HAND_NAMES
 
 GROUPS = ("body", "left_hand", "right_hand")
+
+
+def keypoint_label(group: str, keypoint: str) -> str:
+    """A keypoint as people read it: 'left_hand.index_2' -> 'L Index 2'."""
+    words = keypoint.replace("_", " ").title()
+    if group == "left_hand":
+        return f"L {words}"
+    if group == "right_hand":
+        return f"R {words}"
+    return words
+
+
+def all_keypoints() -> list[tuple[str, str]]:
+    """Every (group, keypoint) of the mapping table, in table order."""
+    rows = [("body", name) for name in BODY_NAMES]
+    for group in ("left_hand", "right_hand"):
+        rows += [(group, name) for name in HAND_NAMES]
+    return rows
 
 
 def _set_item_source(item, source) -> None:

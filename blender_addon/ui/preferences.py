@@ -17,31 +17,22 @@ import threading
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, StringProperty
 from bpy.types import AddonPreferences, Operator
 
-from . import inprocess
+from ..connection import inprocess
+from .properties import setting_property
 
-ADDON_DIR = Path(__file__).resolve().parent
+ADDON_DIR = Path(__file__).resolve().parent.parent
+# The add-on's own package: this module is its .ui.preferences.
+ADDON_PACKAGE = __package__.rpartition(".")[0]
 LOG_TEXT_NAME = "Animate Backend Setup"
 
-DEVICES = (
-    ("auto", "Automatic", "CUDA if available, then Apple MPS, else CPU"),
-    ("cuda", "CUDA", "An NVIDIA GPU"),
-    ("mps", "Apple MPS", "Apple Silicon GPU"),
-    ("cpu", "CPU", "Slow: minutes per frame with the full model"),
-)
-PRECISIONS = (
-    ("auto", "Automatic", "fp16 on GPUs, fp32 on the CPU"),
-    ("fp16", "fp16", "Half precision: half the memory"),
-    ("bf16", "bf16", "bfloat16: half the memory, for recent GPUs"),
-    ("fp32", "fp32", "Full precision: most memory"),
-)
 
 
 def addon_package() -> str:
     """The add-on's module name: "blender_addon" from source, bl_ext.<repo>.animate_anyone installed."""
-    return __package__
+    return ADDON_PACKAGE
 
 
 def get_preferences(context=None):
@@ -79,7 +70,7 @@ def default_requirement() -> str:
 
 
 class ANIMATE_AP_preferences(AddonPreferences):
-    bl_idname = __package__
+    bl_idname = ADDON_PACKAGE
 
     backend_python: StringProperty(
         name="Backend Python",
@@ -92,8 +83,8 @@ class ANIMATE_AP_preferences(AddonPreferences):
         description='Animate Anyone pipeline folder (python -m animate_backend convert-moore makes one); '
         '"tiny" for the small UNTRAINED test model',
     )
-    device: EnumProperty(name="Device", items=DEVICES, default="auto")
-    precision: EnumProperty(name="Precision", items=PRECISIONS, default="auto")
+    device: setting_property("device")
+    precision: setting_property("precision")
     venv_dir: StringProperty(
         name="Backend Environment",
         subtype="DIR_PATH",

@@ -1,6 +1,6 @@
 """Generate videos for a list of shots in one call, through the bpy module (no Blender needed):
 
-    python -m blender_addon.batch sh010.blend sh020.blend sh030.blend --out /renders/batch \\
+    python -m blender_addon.commands.batch sh010.blend sh020.blend sh030.blend --out /renders/batch \\
         --model /models/animate_anyone --import plane --save
 
 Each shot gets its job folder DIR/<file name without .blend>/ (the video in out/video.mp4).
@@ -26,7 +26,7 @@ from pose_bridge.errors import PoseBridgeError
 from pose_bridge.job import JobPaths, read_settings, shot_job_dirs, write_settings
 
 from . import cli
-from .errors import AddonError
+from ..errors import AddonError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def run_batch(args: argparse.Namespace, given: set[str] | None = None) -> list[S
             cli.open_blend(blend)
             scene = cli.pick_scene(args.scene)
             options = cli.options_from_args(args, scene, given)
-            options.provenance["batch"] = {"options": fingerprint, "blend_sha256": [blend_sha256]}
+            options.job.provenance["batch"] = {"options": fingerprint, "blend_sha256": [blend_sha256]}
             outcome = cli.run_shot(
                 scene, options, job_dir, import_mode=cli.import_mode_of(args, scene, given), save=args.save,
                 export_only=args.export_only, backend_python=args.backend_python,
@@ -138,7 +138,7 @@ def summary(reports: list[ShotReport]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m blender_addon.batch",
+        prog="python -m blender_addon.commands.batch",
         description="Generate Animate Anyone videos for a list of shots (.blend files).",
     )
     parser.add_argument("shots", nargs="+", metavar="SHOT.blend", help="the shots' .blend files")

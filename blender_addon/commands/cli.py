@@ -1,0 +1,454 @@
+"""Generate a video for one shot from the command line, with no user interface.
+
+Inside Blender (the script ships with the add-on; --python-exit-code makes an unexpected
+Python error exit non-zero too, the script itself exits 1 on every known failure):
+
+    blender -b shot.blend --python-exit-code 1 -P /path/to/animate_anyone/cli.py -- \\
+        --out /renders/sh010 --model /models/animate_anyone --frames 1-48 --import plane --save
+
+(--python-exit-code must come before -P; everything after -- is this script's. An
+installed extension's folder is e.g. ~/.config/blender/4.2/extensions/user_default/
+animate_anyone/ on Linux. The backend's Python is --backend-python, else
+$ANIMATE_BACKEND_PYTHON, else the add-on preference, else Blender's own Python when it
+has torch. --scene-settings starts from what the Animate tab saved in the file.)
+
+Without Blender, through the bpy module (pip install bpy):
+
+    python -m blender_addon.cli shot.blend -- --out /renders/sh010 --model tiny --frames 1-3
+
+It exports the job folder (--out), runs the backend synchronously
+(`<backend python> -m animate_backend run`, see backend_runner), optionally imports the
+video into the scene and saves the .blend. Farms that generate on other machines split
+this in two: --export-only writes the job folder, and after generation --import-only
+imports it (--save-as PATH keeps the shot itself untouched). Exit code 0 on success, 1
+with a one-line "error: ..." on stderr on failure, 2 for bad arguments. The last line on
+stdout names the video written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pose_bridge.cli_args import add_setting_arguments
+from pose_bridge.errors import PoseBridgeError
+from pose_bridge.settings import GENERATION_SETTINGS, MAX_OUTPUT_SIDE, RUNTIME_SETTINGS, default_of
+
+from ..errors import AddonError
+
+log = logging.getLogger(__name__)
+
+IMPORT_CHOICES = ("plane", "strip", "compositor", "none")
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _frame_range(text: str) -> tuple[int, int]:
+    found = re.fullmatch(r"\s*(-?\d+)\s*(?:(?:-|:|\.\.)\s*(-?\d+))?\s*", text)
+    if not found:
+        raise argparse.ArgumentTypeError(f"frames must look like 1-48 (or one frame, 12), got {text!r}")
+    start = int(found.group(1))
+    end = int(found.group(2)) if found.group(2) is not None else start
+    return start, end
+
+
+def _size(text: str) -> tuple[int, int]:
+    found = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not found:
+        raise argparse.ArgumentTypeError(f"size must look like 512x768, got {text!r}")
+    width, height = int(found.group(1)), int(found.group(2))
+    if not (8 <= width <= MAX_OUTPUT_SIDE and 8 <= height <= MAX_OUTPUT_SIDE):
+        raise argparse.ArgumentTypeError(f"width and height must be between 8 and {MAX_OUTPUT_SIDE}, got {text!r}")
+    return width, height
+
+
+def _mapping_item(text: str) -> tuple[str, Any]:
+    """KEYPOINT=BONE, KEYPOINT=BONE@tail, KEYPOINT= (unmap)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--map takes KEYPOINT=BONE[@head|@tail], got {text!r}")
+    key, bone = text.split("=", 1)
+    end = "head"
+    if bone.endswith(("@head", "@tail")):
+        bone, end = bone[:-5], bone[-4:]
+    return key.strip(), (bone, end) if bone else None
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of one shot's job, shared by cli and batch."""
+    scene = parser.add_argument_group("scene")
+    scene.add_argument("--scene", help="scene to use (default: the file's active scene)")
+    scene.add_argument("--scene-settings", action="store_true",
+                       help="start from the settings saved in the scene's Animate tab (armature, camera, frames, "
+                            "size, bone mapping, reference, generation, import); options given here win")
+    scene.add_argument("--armature", default="", help="armature object (default: the scene's only armature)")
+    scene.add_argument("--camera", default="", help="camera object (default: the scene's camera)")
+    scene.add_argument("--frames", type=_frame_range, metavar="A-B", help="frame range (default: the scene's)")
+    scene.add_argument("--size", type=_size, metavar="WxH",
+                       help="output size, multiples of 8 (default: the render size rounded to multiples of 8)")
+    scene.add_argument("--preset", default="auto", help="bone-name preset: auto (detect), none, or a preset name")
+    scene.add_argument("--map", type=_mapping_item, action="append", default=[], metavar="KEYPOINT=BONE[@tail]",
+                       help="map a keypoint to a bone (left_wrist=hand.L, right_hand.index_1=f_index.01.R@tail; "
+                            "KEYPOINT= leaves it unmapped); repeatable")
+    add_setting_arguments(scene, ("draw_hands", "draw_face"))
+    scene.add_argument("--occlusion", action="store_true",
+                       help="drop joints hidden behind the character's own meshes (ray casting)")
+    scene.add_argument("--neck", default="shoulders", choices=("shoulders", "bone"),
+                       help="neck point: the middle of the shoulders as DWPose draws it (default), or the rig's "
+                            "neck bone")
+    ref = parser.add_argument_group("reference still")
+    ref.add_argument("--image", default="", metavar="PATH", help="use this image as the reference instead of a render")
+    ref.add_argument("--image-pose", default="", metavar="JSON",
+                     help="the image's skeleton (OpenPose JSON), needed to retarget onto an image")
+    ref.add_argument("--reference-frame", type=int, help="frame to render the reference at (default: the first)")
+    ref.add_argument("--engine", default="SCENE", type=str.upper, choices=("SCENE", "WORKBENCH", "CYCLES", "EEVEE"),
+                     help="engine of the reference render (default: the scene's)")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--model", default=None, metavar="DIR",
+                     help='pipeline folder (default: the add-on preference); "tiny" = the untrained test model')
+    add_setting_arguments(gen, [name for name in GENERATION_SETTINGS if name not in ("draw_hands", "draw_face")])
+    # None: the add-on preference's (or Automatic without one).
+    add_setting_arguments(gen, RUNTIME_SETTINGS, defaults={name: None for name in RUNTIME_SETTINGS},
+                          default_notes={name: "the add-on preference" for name in RUNTIME_SETTINGS})
+    gen.add_argument("--backend-python", default=None, metavar="PYTHON",
+                     help="interpreter of the backend (default: $ANIMATE_BACKEND_PYTHON, the add-on preference, "
+                          "or this one when animate_backend imports here)")
+    gen.add_argument("--export-only", action="store_true", help="write the job folder, do not run the backend")
+    out = parser.add_argument_group("result")
+    out.add_argument("--import", dest="import_mode", default="none", type=str.lower, choices=IMPORT_CHOICES,
+                     help="bring the video into the scene (default: none)")
+    out.add_argument("--save", action="store_true", help="save the .blend afterwards (with the imported result)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not show the backend's log")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blender -b SHOT.blend -P cli.py --",
+        description="Generate an Animate Anyone video of one shot's armature motion.",
+    )
+    parser.add_argument("blend", nargs="?", help="the .blend file (with `python -m blender_addon.cli`; "
+                                                 "inside Blender the file Blender opened)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="the job folder to write (the video goes into DIR/out)")
+    add_job_arguments(parser)
+    # For farms that generate elsewhere (Flamenco's GPU workers): bring an already generated job
+    # into the shot, and save the result beside the shot instead of over it.
+    parser.add_argument("--import-only", action="store_true",
+                        help="import the result already in DIR (no export, no backend run); needs --import")
+    parser.add_argument("--save-as", metavar="PATH", help="save a copy of the .blend at PATH afterwards")
+    return parser
+
+
+def _preferences():
+    try:
+        from ..ui.preferences import get_preferences
+        return get_preferences()
+    except (ImportError, AttributeError, KeyError):
+        return None
+
+
+def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The options given on the command line (those whose value differs from the default)."""
+    return {dest for dest, value in vars(args).items() if value != parser.get_default(dest)}
+
+
+def _panel_options(scene, args: argparse.Namespace):
+    """ExportOptions from the scene's Animate tab (registering the add-on's settings if needed)."""
+    from types import SimpleNamespace
+
+    if not hasattr(scene, "animate_anyone"):
+        from .. import register
+
+        register()  # makes the settings saved in the .blend readable as scene.animate_anyone
+    from ..ui.operators import export_options
+
+    prefs = _preferences()
+    # The model, device and precision live in the preferences; the command line may stand in.
+    stand_in = SimpleNamespace(
+        model_dir=args.model or (prefs.model_dir if prefs is not None else ""),
+        device=args.device or (prefs.device if prefs is not None else "auto"),
+        precision=args.precision or (prefs.precision if prefs is not None else "auto"),
+    )
+    return export_options(scene, stand_in)
+
+
+def options_from_args(args: argparse.Namespace, scene=None, given: set[str] | None = None):
+    """ExportOptions of the parsed arguments (the add-on preferences fill in model, device, precision).
+
+    With --scene-settings the scene's Animate-tab settings are the starting point and only
+    the options in `given` (default: all) replace them.
+    """
+    from ..export.job_export import ExportOptions
+
+    prefs = _preferences()
+    model = args.model or (getattr(prefs, "model_dir", "") if prefs is not None else "")
+    if not model and not getattr(args, "scene_settings", False) and not getattr(args, "export_only", False):
+        raise AddonError(
+            'no model given: pass --model DIR (an Animate Anyone pipeline folder), or --model tiny for the '
+            'untrained test pipeline'
+        )
+    if getattr(args, "scene_settings", False) and scene is not None:
+        options = _panel_options(scene, args)
+        chosen = set(vars(args)) if given is None else given
+    else:
+        options = ExportOptions()
+        for name in RUNTIME_SETTINGS:
+            setattr(options.job, name, getattr(prefs, name, default_of(name)) if prefs is not None else default_of(name))
+        chosen = set(vars(args))
+    if model and ("model" in chosen or not getattr(args, "scene_settings", False)):
+        options.job.model = model if model == "tiny" else str(Path(model).expanduser())
+    elif not model and getattr(args, "export_only", False) and not getattr(args, "scene_settings", False):
+        # Exporting needs no model, but job.json names one: say which, and how to change it.
+        log.warning('no --model given: job.json names the untrained test pipeline "tiny"; set its "model" '
+                    "to your pipeline folder (or export again with --model DIR) before running the job")
+
+    def take(dest: str) -> bool:
+        return dest in chosen and getattr(args, dest, None) not in (None, "", [])
+
+    if take("armature"):
+        options.armature = args.armature
+    if take("camera"):
+        options.camera = args.camera
+    if take("frames"):
+        options.frame_start, options.frame_end = args.frames
+    if take("size"):
+        options.width, options.height = args.size
+    if take("preset"):
+        options.preset = args.preset
+    if take("map"):
+        options.mapping = {**options.mapping, **dict(args.map)}
+    if "occlusion" in chosen:
+        options.occlusion = args.occlusion
+    if "neck" in chosen:
+        options.neck = args.neck
+    if take("image"):
+        options.reference, options.image_path = "image", args.image
+    if take("image_pose"):
+        options.reference_pose_path = args.image_pose
+    if take("reference_frame"):
+        options.reference_frame = args.reference_frame
+    if take("engine"):
+        options.engine = args.engine
+    for name in (*GENERATION_SETTINGS, *RUNTIME_SETTINGS):
+        if take(name) or (name in chosen and isinstance(getattr(args, name), bool)):
+            setattr(options.job, name, getattr(args, name))
+    return options
+
+
+def import_mode_of(args: argparse.Namespace, scene, given: set[str] | None) -> str:
+    """--import, or with --scene-settings the Animate tab's "Import As" when --import is not given."""
+    if getattr(args, "scene_settings", False) and (given is not None and "import_mode" not in given):
+        if args.export_only:
+            return "none"  # nothing generated, nothing to import
+        settings = getattr(scene, "animate_anyone", None)
+        if settings is not None:
+            return settings.import_mode.lower()
+    return args.import_mode
+
+
+# ---------------------------------------------------------------- one shot
+
+
+@dataclass
+class ShotOutcome:
+    """What one shot's run produced."""
+
+    job_dir: Path
+    result: dict[str, Any] | None  # out/result.json; None with --export-only
+    imported: str = ""  # name of the object / strip / node made by --import
+
+
+def open_blend(path: str | Path) -> None:
+    import bpy
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise AddonError(f"{path} does not exist; give the path of a .blend file")
+    try:
+        bpy.ops.wm.open_mainfile(filepath=str(path), load_ui=False)
+    except RuntimeError as exc:
+        raise AddonError(f"cannot open {path} ({exc}); is it a .blend file?") from exc
+
+
+def pick_scene(name: str | None):
+    """The scene called name (made the active one), or the active scene."""
+    import bpy
+
+    if not name:
+        return bpy.context.scene
+    scene = bpy.data.scenes.get(name)
+    if scene is None:
+        raise AddonError(f"there is no scene '{name}'; scenes in this file: {', '.join(bpy.data.scenes.keys())}")
+    if bpy.context.window is not None:
+        bpy.context.window.scene = scene
+    return scene
+
+
+def label_untrained(imported: Any, result: dict[str, Any] | None) -> None:
+    """Say in the imported thing's name that it came from the untrained tiny model."""
+    if imported is None or not result or not result.get("untrained"):
+        return
+    name = getattr(imported, "name", "")
+    if name and "UNTRAINED" not in name:
+        imported.name = f"{name} (UNTRAINED)"
+
+
+def run_shot(
+    scene,
+    options,
+    job_dir: str | Path,
+    *,
+    import_mode: str = "none",
+    save: bool = False,
+    export_only: bool = False,
+    backend_python: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> ShotOutcome:
+    """Export the job, run the backend, import the result, save: the whole shot, synchronously."""
+    import bpy
+
+    from ..connection import runner as backend_runner
+    from ..export.job_export import export_job
+
+    if export_only and import_mode != "none":
+        raise AddonError("--import needs a generated result; leave out --export-only")
+    paths = export_job(scene, options, job_dir)
+    outcome = ShotOutcome(paths.root, None)
+    if not export_only:
+        outcome.result = backend_runner.run_job(paths.root, backend_python, on_line=on_line)
+        if outcome.result.get("untrained"):
+            log.warning("the video was made by the UNTRAINED tiny pipeline: noise, not your character")
+    if import_mode != "none":
+        from ..results.importing import import_result
+
+        camera = bpy.data.objects.get(options.camera) if options.camera else scene.camera
+        imported = import_result(scene, paths.root, import_mode.upper(), camera=camera)
+        label_untrained(imported, outcome.result)
+        outcome.imported = getattr(imported, "name", "") or ""
+    if save:
+        if not bpy.data.filepath:
+            raise AddonError("--save needs a .blend that was saved before (this one has no file name)")
+        bpy.ops.wm.save_mainfile(filepath=bpy.data.filepath)
+    return outcome
+
+
+def import_shot(scene, job_dir: str | Path, import_mode: str, camera_name: str = "") -> ShotOutcome:
+    """Import the result of a job generated before (--import-only): no export, no backend run."""
+    import json
+
+    import bpy
+
+    from pose_bridge.job import JobPaths
+
+    from ..results.importing import import_result
+
+    paths = JobPaths(Path(job_dir).expanduser().resolve())
+    if import_mode == "none":
+        raise AddonError("--import-only needs --import plane, strip or compositor")
+    try:
+        result = json.loads(paths.result.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AddonError(
+            f"{paths.result} is missing or unreadable: generate the job first "
+            f"(python -m animate_backend run {paths.root})"
+        ) from exc
+    camera = bpy.data.objects.get(camera_name) if camera_name else scene.camera
+    if camera_name and camera is None:
+        raise AddonError(f"there is no object called '{camera_name}'; pick the camera to import the result for")
+    imported = import_result(scene, paths.root, import_mode.upper(), camera=camera)
+    label_untrained(imported, result)
+    return ShotOutcome(paths.root, result, getattr(imported, "name", "") or "")
+
+
+def save_open_file() -> None:
+    import bpy
+
+    if not bpy.data.filepath:
+        raise AddonError("--save needs a .blend that was saved before (this one has no file name)")
+    bpy.ops.wm.save_mainfile(filepath=bpy.data.filepath)
+
+
+def save_copy(path: str | Path) -> Path:
+    """Save the open file's content at path (the open file itself stays as it is on disk)."""
+    import bpy
+
+    path = Path(path).expanduser().resolve()
+    if path.suffix != ".blend":
+        raise AddonError(f"--save-as takes a .blend path, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.wm.save_as_mainfile(filepath=str(path), copy=True)
+    return path
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: the lines of a multi-line message (a list of problems) joined with '; '."""
+    lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def backend_printer(quiet: bool) -> Callable[[str], None]:
+    if quiet:
+        return lambda line: None
+    return lambda line: print(f"backend: {line}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit code (0 ok, 1 failed, 2 bad arguments)."""
+    if argv is None:
+        argv = sys.argv[1:]
+        if "--" in argv:  # python -m blender_addon.cli shot.blend -- --out DIR
+            argv.remove("--")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, args)
+    setup_logging(args.quiet)
+    try:
+        if args.blend:
+            open_blend(args.blend)
+        scene = pick_scene(args.scene)
+        if args.import_only:
+            if args.export_only:
+                raise AddonError("--import-only and --export-only exclude each other: leave one out")
+            outcome = import_shot(scene, args.out, import_mode_of(args, scene, given), args.camera)
+            if args.save:
+                save_open_file()
+        else:
+            options = options_from_args(args, scene, given)
+            outcome = run_shot(
+                scene, options, args.out, import_mode=import_mode_of(args, scene, given), save=args.save,
+                export_only=args.export_only, backend_python=args.backend_python,
+                on_line=backend_printer(args.quiet),
+            )
+        if args.save_as:
+            print(f"saved: {save_copy(args.save_as)}", flush=True)
+    except (AddonError, PoseBridgeError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:  # a bug: show it, but still exit non-zero with one line last
+        log.exception("unexpected failure")
+        print(f"error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr, flush=True)
+        return 1
+    if outcome.result is None:
+        print(f"job written: {outcome.job_dir}", flush=True)
+    else:
+        video = outcome.result.get("video")
+        where = outcome.job_dir / video if video else outcome.job_dir / "out" / "frames"
+        note = " (UNTRAINED model)" if outcome.result.get("untrained") else ""
+        print(f"done: {where}{note}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
