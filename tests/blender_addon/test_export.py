@@ -295,7 +295,8 @@ def test_exporting_a_shot_again_keeps_the_backends_work_and_the_users_files(scen
     assert again["frames_reused"] == 2 and again["fingerprint"] == first["fingerprint"]
     assert is_done(job_dir, "blend", "opts")
 
-    export_job(scene, options(**{**shot.__dict__, "seed": 8}), job_dir)  # changed: the runner remakes it
+    shot.job.seed = 8
+    export_job(scene, shot, job_dir)  # changed: the runner remakes it
     changed = run_job(job_dir, pipelines=cache)
     assert changed["frames_generated"] == 2 and changed["fingerprint"] != first["fingerprint"]
     assert (job_dir / "notes.txt").exists() and (job_dir / "out" / "grade.cube").exists()
