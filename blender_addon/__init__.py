@@ -14,15 +14,23 @@ from __future__ import annotations
 import importlib
 
 # Submodules in registration order (properties first: the others refer to them).
-_MODULE_NAMES = ("ui.properties", "ui.preferences", "ui.operators", "ui.panel")
+_MODULE_NAMES = ("ui.properties", "ui.preferences", "ui.operators", "ui.panel", "commands.blender_command")
 
 
 def _modules():
     return [importlib.import_module(f".{name}", __name__) for name in _MODULE_NAMES]
 
 
+def _is_registered() -> bool:
+    from .ui.properties import ANIMATE_PG_scene_settings
+
+    return bool(getattr(ANIMATE_PG_scene_settings, "is_registered", False))
+
+
 def register() -> None:
-    """Register every class and hook. Registering again is harmless: each module skips what is registered."""
+    """Register every class and hook. Registering again is harmless: it does nothing."""
+    if _is_registered():
+        return
     done = []
     try:
         for module in _modules():
@@ -37,5 +45,7 @@ def register() -> None:
 
 def unregister() -> None:
     """Undo register(): classes, the status-bar hook, the scene property; stops a running backend process."""
+    if not _is_registered():
+        return
     for module in reversed(_modules()):
         module.unregister()

@@ -22,7 +22,7 @@ from ..connection import client as backend_client
 from ..connection import generation, inprocess
 from ..errors import AddonError
 from . import mapping, preferences
-from .properties import IMPORT_MODES, effective_camera, effective_frame_range, effective_size
+from .properties import IMPORT_MODES, add_setting_properties, effective_camera, effective_frame_range, effective_size
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,12 @@ def check_scene(scene, check_range: bool = True) -> None:
         )
 
 
-def export_options(scene, prefs=None, for_frame: int | None = None):
+def export_options(scene, prefs=None, for_frame: int | None = None, overrides: dict | None = None):
     """job_export.ExportOptions from the scene's settings and the add-on preferences.
 
     for_frame: only that frame (Preview Skeleton), which needs no model.
+    overrides: generation settings that replace the scene's and the preferences' (an operator's
+    own properties, given by a script).
     """
     from ..export.job_export import ExportOptions
 
@@ -88,6 +90,8 @@ def export_options(scene, prefs=None, for_frame: int | None = None):
     job = JobSettings(**{name: getattr(settings, name) for name in GENERATION_SETTINGS})
     for name in RUNTIME_SETTINGS:
         setattr(job, name, getattr(prefs, name) if prefs is not None else default_of(name))
+    for name, value in (overrides or {}).items():
+        setattr(job, name, value)
     options = ExportOptions(
         armature=settings.armature.name,
         camera=effective_camera(scene, settings).name,
@@ -165,7 +169,7 @@ def rgb_to_image(name: str, rgb: np.ndarray):
 class ANIMATE_OT_preview_skeleton(Operator):
     """Draw the current frame's skeleton, as the model will see it, into the image "Animate Skeleton Preview\""""
 
-    bl_idname = "animate.preview_skeleton"
+    bl_idname = "animate_anyone.preview_skeleton"
     bl_label = "Preview Skeleton"
     bl_options = {"REGISTER"}
 
@@ -188,10 +192,16 @@ class ANIMATE_OT_preview_skeleton(Operator):
         return {"FINISHED"}
 
 
+def given_settings(operator) -> dict:
+    """The generation settings a script gave the operator (the others come from the scene)."""
+    return {name: getattr(operator, name) for name in (*GENERATION_SETTINGS, *RUNTIME_SETTINGS)
+            if operator.properties.is_property_set(name)}
+
+
 class ANIMATE_OT_export_job(Operator):
     """Write a job folder (skeletons, reference still, settings) without generating; runnable later with `python -m animate_backend run`"""
 
-    bl_idname = "animate.export_job"
+    bl_idname = "animate_anyone.export_job"
     bl_label = "Export Job"
     bl_options = {"REGISTER"}
 
@@ -202,7 +212,7 @@ class ANIMATE_OT_export_job(Operator):
 
         scene = context.scene
         try:
-            options = export_options(scene, preferences.get_preferences(context))
+            options = export_options(scene, preferences.get_preferences(context), overrides=given_settings(self))
             job_dir = Path(bpy.path.abspath(self.directory)) if self.directory else generation.new_job_dir(
                 output_root(scene), scene.name
             )
@@ -218,7 +228,7 @@ class ANIMATE_OT_export_job(Operator):
 class ANIMATE_OT_generate(Operator):
     """Write the job, run it on the backend and import the result; Esc cancels (finished frames are kept)"""
 
-    bl_idname = "animate.generate"
+    bl_idname = "animate_anyone.generate"
     bl_label = "Generate"
     bl_options = {"REGISTER"}
 
@@ -234,7 +244,7 @@ class ANIMATE_OT_generate(Operator):
         scene = context.scene
         settings = scene.animate_anyone
         prefs = preferences.get_preferences(context)
-        options = export_options(scene, prefs)
+        options = export_options(scene, prefs, overrides=given_settings(self))
         job_dir = generation.new_job_dir(output_root(scene), scene.name)
         runner = make_runner(prefs)
         controller = generation.GenerateController(
@@ -315,7 +325,7 @@ class ANIMATE_OT_generate(Operator):
 class ANIMATE_OT_cancel_generate(Operator):
     """Stop generating; frames finished so far stay in the job folder"""
 
-    bl_idname = "animate.cancel_generate"
+    bl_idname = "animate_anyone.cancel_generate"
     bl_label = "Cancel"
 
     @classmethod
@@ -330,7 +340,7 @@ class ANIMATE_OT_cancel_generate(Operator):
 class ANIMATE_OT_import_result(Operator):
     """Import the video of a job generated earlier (or elsewhere)"""
 
-    bl_idname = "animate.import_result"
+    bl_idname = "animate_anyone.import_result"
     bl_label = "Import Result"
     bl_options = {"REGISTER", "UNDO"}
 
@@ -368,7 +378,7 @@ class ANIMATE_OT_import_result(Operator):
 class ANIMATE_OT_refresh_mapping(Operator):
     """Detect the armature's bone-name preset again and refill the mapping table (edits are lost)"""
 
-    bl_idname = "animate.refresh_mapping"
+    bl_idname = "animate_anyone.refresh_mapping"
     bl_label = "Refresh Mapping"
     bl_options = {"REGISTER", "UNDO"}
 
@@ -389,7 +399,7 @@ class ANIMATE_OT_refresh_mapping(Operator):
 class ANIMATE_OT_stop_backend(Operator):
     """Stop the backend process (frees the memory its model holds; it starts again on the next Generate)"""
 
-    bl_idname = "animate.stop_backend"
+    bl_idname = "animate_anyone.stop_backend"
     bl_label = "Stop Backend"
 
     @classmethod
@@ -402,6 +412,11 @@ class ANIMATE_OT_stop_backend(Operator):
         return {"FINISHED"}
 
 
+# The scripting API: bpy.ops.animate_anyone.generate(steps=30, seed=4) uses those settings for
+# this run and the scene's Animate tab for the rest (as bpy.ops.export_scene.gltf takes its options).
+for _operator in (ANIMATE_OT_generate, ANIMATE_OT_export_job):
+    add_setting_properties(_operator, (*GENERATION_SETTINGS, *RUNTIME_SETTINGS), options={"SKIP_SAVE"})
+
 CLASSES = (
     ANIMATE_OT_preview_skeleton,
     ANIMATE_OT_export_job,
@@ -411,12 +426,11 @@ CLASSES = (
     ANIMATE_OT_refresh_mapping,
     ANIMATE_OT_stop_backend,
 )
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
 def register() -> None:
-    for cls in CLASSES:
-        if not getattr(cls, "is_registered", False):
-            bpy.utils.register_class(cls)
+    _register_classes()
 
 
 def unregister() -> None:
@@ -434,6 +448,4 @@ def unregister() -> None:
                 pass  # already gone with its window
     backend_client.shutdown_shared(timeout=3.0)
     inprocess.shutdown_shared()
-    for cls in reversed(CLASSES):
-        if getattr(cls, "is_registered", False):
-            bpy.utils.unregister_class(cls)
+    _unregister_classes()

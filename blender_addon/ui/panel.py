@@ -98,15 +98,15 @@ def _draw_run(layout, context) -> None:
             box.progress(factor=progress.factor(), type="BAR", text=progress.detail())
         else:
             box.label(text=progress.detail())
-        box.operator("animate.cancel_generate", icon="CANCEL")
+        box.operator("animate_anyone.cancel_generate", icon="CANCEL")
         return
     col = box.column(align=True)
     col.scale_y = 1.4
-    col.operator("animate.generate", icon="RENDER_ANIMATION")
+    col.operator("animate_anyone.generate", icon="RENDER_ANIMATION")
     row = box.row(align=True)
-    row.operator("animate.preview_skeleton", icon="ARMATURE_DATA")
-    row.operator("animate.export_job", icon="EXPORT")
-    box.operator("animate.import_result", icon="IMPORT")
+    row.operator("animate_anyone.preview_skeleton", icon="ARMATURE_DATA")
+    row.operator("animate_anyone.export_job", icon="EXPORT")
+    box.operator("animate_anyone.import_result", icon="IMPORT")
     if active is not None and active.message:
         box.label(text=active.message, icon="ERROR" if active.state == "failed" else "INFO")
     if settings.last_job_dir:
@@ -121,7 +121,7 @@ def _draw_run(layout, context) -> None:
     if prefs is not None and not prefs.run_in_process and not preferences.resolved_backend_python(prefs):
         box.label(text="No backend: Set up Backend in the add-on preferences", icon="ERROR")
     if backend_client.shared_is_running():
-        box.operator("animate.stop_backend", icon="X")
+        box.operator("animate_anyone.stop_backend", icon="X")
 
 
 class ANIMATE_PT_mapping(AnimatePanel, Panel):
@@ -135,7 +135,7 @@ class ANIMATE_PT_mapping(AnimatePanel, Panel):
         settings = context.scene.animate_anyone
         row = layout.row()
         row.label(text=settings.preset_label or "No armature", icon="OUTLINER_OB_ARMATURE")
-        row.operator("animate.refresh_mapping", text="", icon="FILE_REFRESH")
+        row.operator("animate_anyone.refresh_mapping", text="", icon="FILE_REFRESH")
         layout.prop(settings, "show_hand_mapping")
         layout.template_list(
             "ANIMATE_UL_bone_map", "", settings, "bone_map", settings, "bone_map_index", rows=8
@@ -270,12 +270,11 @@ CLASSES = (
     ANIMATE_PT_generation,
     ANIMATE_PT_output,
 )
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
 def register() -> None:
-    for cls in CLASSES:
-        if not getattr(cls, "is_registered", False):
-            bpy.utils.register_class(cls)
+    _register_classes()
     _remove_status()
     bpy.types.STATUSBAR_HT_header.append(draw_status)
 
@@ -290,6 +289,4 @@ def _remove_status() -> None:
 
 def unregister() -> None:
     _remove_status()
-    for cls in reversed(CLASSES):
-        if getattr(cls, "is_registered", False):
-            bpy.utils.unregister_class(cls)
+    _unregister_classes()

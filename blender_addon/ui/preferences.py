@@ -303,7 +303,7 @@ SETUP = BackendSetup()
 class ANIMATE_OT_setup_backend(Operator):
     """Create a Python environment for the backend and install it there with pip (downloads several GB)"""
 
-    bl_idname = "animate.setup_backend"
+    bl_idname = "animate_anyone.setup_backend"
     bl_label = "Set up Backend"
 
     _timer = None
@@ -358,7 +358,7 @@ class ANIMATE_OT_setup_backend(Operator):
 class ANIMATE_OT_cancel_setup(Operator):
     """Stop setting up the backend"""
 
-    bl_idname = "animate.cancel_setup"
+    bl_idname = "animate_anyone.cancel_setup"
     bl_label = "Cancel Setup"
 
     def execute(self, context):
@@ -367,16 +367,13 @@ class ANIMATE_OT_cancel_setup(Operator):
 
 
 CLASSES = (ANIMATE_AP_preferences, ANIMATE_OT_setup_backend, ANIMATE_OT_cancel_setup)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
 def register() -> None:
-    for cls in CLASSES:
-        if not getattr(cls, "is_registered", False):
-            bpy.utils.register_class(cls)
+    _register_classes()
 
 
 def unregister() -> None:
     SETUP.cancel()
-    for cls in reversed(CLASSES):
-        if getattr(cls, "is_registered", False):
-            bpy.utils.unregister_class(cls)
+    _unregister_classes()

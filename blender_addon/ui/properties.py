@@ -20,7 +20,7 @@ from bpy.props import (
 )
 from bpy.types import PropertyGroup
 
-from pose_bridge.settings import SETTINGS, default_of
+from pose_bridge.settings import GENERATION_SETTINGS, SETTINGS, default_of
 
 from . import mapping
 
@@ -103,6 +103,15 @@ def setting_property(name: str, **overrides):
     return FloatProperty(**common, **{**limits, **overrides})
 
 
+def add_setting_properties(cls, names, **overrides) -> None:
+    """Give cls (a PropertyGroup or an Operator, before it is registered) one property per setting
+    in names: a setting declared in pose_bridge.settings appears everywhere with one edit."""
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    for name in names:
+        annotations[name] = setting_property(name, **overrides)
+    cls.__annotations__ = annotations
+
+
 class ANIMATE_PG_bone_map_item(PropertyGroup):
     """One keypoint and where on the armature it comes from (a pose_bridge.bone_presets source)."""
 
@@ -175,8 +184,6 @@ class ANIMATE_PG_scene_settings(PropertyGroup):
     show_hand_mapping: BoolProperty(name="Show Hand Keypoints", default=False)
 
     # What to draw.
-    draw_hands: setting_property("draw_hands")
-    draw_face: setting_property("draw_face")
     occlusion: BoolProperty(
         name="Occlusion",
         default=False,
@@ -195,15 +202,8 @@ class ANIMATE_PG_scene_settings(PropertyGroup):
         description="Image of the character, front view, like the first frame of the video",
     )
 
-    # Generation: each declared once in pose_bridge.settings.
-    steps: setting_property("steps")
-    guidance_scale: setting_property("guidance_scale")
-    seed: setting_property("seed")
-    context_frames: setting_property("context_frames")
-    context_overlap: setting_property("context_overlap")
-    context_schedule: setting_property("context_schedule")
-    retarget: setting_property("retarget")
-    scheduler: setting_property("scheduler")
+    # The generation settings (steps, guidance_scale, seed, windows, sampler, retarget, hands,
+    # face) are added below from their declarations in pose_bridge.settings.
 
     # Output.
     output_dir: StringProperty(
@@ -216,22 +216,21 @@ class ANIMATE_PG_scene_settings(PropertyGroup):
     last_job_dir: StringProperty(name="Last Job", subtype="DIR_PATH", description="The job folder written last")
 
 
+add_setting_properties(ANIMATE_PG_scene_settings, GENERATION_SETTINGS)
+
 CLASSES = (ANIMATE_PG_bone_map_item, ANIMATE_PG_scene_settings)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
 def register() -> None:
-    for cls in CLASSES:
-        if not getattr(cls, "is_registered", False):
-            bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.animate_anyone = PointerProperty(type=ANIMATE_PG_scene_settings)
 
 
 def unregister() -> None:
     if hasattr(bpy.types.Scene, "animate_anyone"):
         del bpy.types.Scene.animate_anyone
-    for cls in reversed(CLASSES):
-        if getattr(cls, "is_registered", False):
-            bpy.utils.unregister_class(cls)
+    _unregister_classes()
 
 
 # ---------------------------------------------------------------- effective values

@@ -16,9 +16,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
+from blender_addon.commands import blender_command, cli, demo_scene  # noqa: E402
 from blender_addon.connection import runner as backend_runner  # noqa: E402
-
-from blender_addon.commands import cli, demo_scene  # noqa: E402
 from blender_addon.errors import AddonError  # noqa: E402
 from blender_addon.export.job_export import ExportOptions, export_job  # noqa: E402
 
@@ -267,3 +266,21 @@ def test_dataset_numeric_options_are_checked_and_named(option, value, capsys):
     with pytest.raises(SystemExit):
         dataset.build_parser().parse_args(["character.blend", "--out", "data", option, value])
     assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_blender_command_runs_the_same_commands(tmp_path, capsys):
+    """`blender -c animate_anyone generate SHOT --out DIR ...` (Blender 4.2+) is the add-on's command line;
+    Blender hands the callback the arguments after the command id."""
+    shot = save_demo_shot(tmp_path / "sh010.blend")
+    job = tmp_path / "job"
+    argv = ["generate", str(shot), "--out", str(job), "--export-only", "--model", "tiny", "--frames", "1-2",
+            "--size", "64x64", "--engine", "WORKBENCH", "--seed", "5", "-q"]
+    assert blender_command.execute(argv) == 0
+    settings = json.loads((job / "job.json").read_text())
+    assert (settings["seed"], settings["frame_end"], settings["width"]) == (5, 2, 64)
+
+    assert blender_command.execute(["render-everything"]) == 2
+    assert "unknown command 'render-everything'" in capsys.readouterr().err
+    assert blender_command.execute(["generate", "--help"]) == 0  # argparse's exit becomes the return code
+    assert "--guidance" in capsys.readouterr().out
+    assert blender_command.execute(["generate", str(shot), "--out", str(job), "--steps", "0"]) == 2

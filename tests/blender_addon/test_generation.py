@@ -121,7 +121,7 @@ def test_cancel_while_exporting_sends_nothing_and_keeps_the_old_job(scene, tmp_p
     assert controller.progress.frames_done == 2
     assert scene.frame_current != 4  # the export is on its frames
 
-    assert bpy.ops.animate.cancel_generate() == {"FINISHED"}  # the panel's Cancel button
+    assert bpy.ops.animate_anyone.cancel_generate() == {"FINISHED"}  # the panel's Cancel button
     assert controller.state == "cancelled" and controller.finished
     assert controller.message == "Cancelled while writing the job; nothing was generated"
     assert scene.frame_current == 4

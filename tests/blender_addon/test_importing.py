@@ -209,7 +209,7 @@ def test_import_result_operator(scene, tmp_path):
 
     blender_addon.register()
     paths = make_finished_job(tmp_path / "job")
-    assert bpy.ops.animate.import_result(directory=str(paths.root), mode="STRIP") == {"FINISHED"}
+    assert bpy.ops.animate_anyone.import_result(directory=str(paths.root), mode="STRIP") == {"FINISHED"}
     assert [s.name for s in _strips(scene)] == ["Animate job"]
     with pytest.raises(RuntimeError, match="needs a camera"):
-        bpy.ops.animate.import_result(directory=str(paths.root), mode="PLANE")
+        bpy.ops.animate_anyone.import_result(directory=str(paths.root), mode="PLANE")

@@ -81,7 +81,7 @@ def test_refresh_mapping_detects_the_preset(scene):
     assert rows[("left_hand", "index_1")].bone == ""  # this rig has no fingers
 
     rows[("body", "right_elbow")].bone = "RightHand"  # an edit...
-    assert bpy.ops.animate.refresh_mapping() == {"FINISHED"}
+    assert bpy.ops.animate_anyone.refresh_mapping() == {"FINISHED"}
     rows = {(item.group, item.keypoint): item for item in settings.bone_map}
     assert rows[("body", "right_elbow")].bone == "RightForeArm"  # ...undone by Refresh
 
@@ -92,7 +92,7 @@ def test_preview_skeleton_draws_the_current_frame(scene):
     pictures = []
     for frame in (1, 3):
         scene.frame_set(frame)
-        assert bpy.ops.animate.preview_skeleton() == {"FINISHED"}
+        assert bpy.ops.animate_anyone.preview_skeleton() == {"FINISHED"}
         image = bpy.data.images[operators.PREVIEW_IMAGE_NAME]
         assert tuple(image.size) == (64, 64)
         pixels = np.empty(64 * 64 * 4, dtype=np.float32)
@@ -108,7 +108,7 @@ def test_preview_skeleton_draws_the_current_frame(scene):
 def test_export_job_writes_the_job_folder(scene, tmp_path):
     settings = scene.animate_anyone
     settings.bone_map[0].bone = ""  # the nose row cleared by the user
-    assert bpy.ops.animate.export_job() == {"FINISHED"}
+    assert bpy.ops.animate_anyone.export_job() == {"FINISHED"}
     paths = JobPaths(settings.last_job_dir)
     assert paths.root.parent == tmp_path / "out"
     job = read_settings(paths.root)
@@ -122,6 +122,51 @@ def test_export_job_writes_the_job_folder(scene, tmp_path):
         body = frame["people"][0]["pose_keypoints_2d"]
         assert body[2] == 0  # nose: not mapped, so missing
         assert body[1 * 3 + 2] > 0  # neck: mapped and in view
+
+
+def test_scripts_give_settings_to_the_operator_like_gltf_export_options(scene, tmp_path):
+    """bpy.ops.animate_anyone.export_job(**settings): those settings for this run, the rest from the
+    scene; nothing is written back into the scene."""
+    settings = scene.animate_anyone
+    settings.guidance_scale = 2.5
+    before = (settings.steps, settings.seed, settings.draw_hands, settings.context_schedule)
+    job_dir = tmp_path / "scripted"
+    result = bpy.ops.animate_anyone.export_job(directory=str(job_dir), steps=3, seed=9, draw_hands=True,
+                                                context_schedule="loop", precision="fp32")
+    assert result == {"FINISHED"}
+    job = read_settings(job_dir)
+    assert (job.steps, job.seed, job.draw_hands, job.context_schedule, job.precision) == (3, 9, True, "loop", "fp32")
+    assert job.guidance_scale == 2.5 and job.device == "cpu"  # the scene's and the preferences'
+    assert (settings.steps, settings.seed, settings.draw_hands, settings.context_schedule) == before
+
+    # The operator checks its settings as the panel does: a bad value never reaches a job.
+    with pytest.raises(TypeError):
+        bpy.ops.animate_anyone.export_job(directory=str(tmp_path / "bad"), scheduler="magic")
+
+
+def test_each_setting_has_one_default_everywhere(scene):
+    """The scene's properties, the operators' and both command lines take their defaults, ranges
+    and choices from pose_bridge.settings."""
+    import argparse
+
+    from animate_backend.cli_jobs import register as backend_commands
+    from blender_addon.commands.cli import build_parser
+    from pose_bridge.settings import GENERATION_SETTINGS, SETTINGS, default_of
+
+    backend = argparse.ArgumentParser()
+    backend_commands(backend.add_subparsers())
+    generate = backend._subparsers._group_actions[0].choices["generate"]
+    addon = build_parser()
+    scene_props = bpy.types.Scene.bl_rna.properties["animate_anyone"].fixed_type.properties
+    op_props = bpy.ops.animate_anyone.generate.get_rna_type().properties
+    for name in GENERATION_SETTINGS:
+        assert scene_props[name].default == default_of(name) and op_props[name].default == default_of(name), name
+        assert addon.get_default(name) == default_of(name), name
+        if name not in ("scheduler", "retarget"):  # the backend's generate has no sampler or retargeting
+            assert generate.get_default(name) == default_of(name), name
+        if SETTINGS[name].choices:
+            assert [item.identifier for item in scene_props[name].enum_items] == list(SETTINGS[name].values)
+    assert scene_props["steps"].hard_max == SETTINGS["steps"].maximum
 
 
 # ---------------------------------------------------------------- clear reports
@@ -176,7 +221,7 @@ def test_generate_reports_what_to_fix(scene, tmp_path, case):
     spoil, message = BAD_SCENES[case]
     spoil(scene)
     with pytest.raises(RuntimeError, match=message):  # the bpy module raises an operator's ERROR report
-        bpy.ops.animate.generate()
+        bpy.ops.animate_anyone.generate()
     assert generation.ACTIVE is None  # nothing started
     if case not in ("no backend",):
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -249,7 +294,7 @@ def test_cancel_keeps_the_finished_frames(tmp_path, backend):
         # Denoising writes no frame; decoding writes them chunk by chunk and checks for a cancel
         # after each chunk, so a cancel sent now stops the run with the first chunk finished.
         if controller.progress.stage == "decoding" and controller.state == "running":
-            assert bpy.ops.animate.cancel_generate() == {"FINISHED"}  # the panel's Cancel button
+            assert bpy.ops.animate_anyone.cancel_generate() == {"FINISHED"}  # the panel's Cancel button
             assert controller.state == "cancelling"
 
     controller, _ = run_controller(
@@ -319,7 +364,7 @@ def test_crashed_backend_is_reported_and_the_next_generate_works(scene, tmp_path
     assert not client.alive
 
     # The add-on is still usable: the operator starts a fresh server and imports the result.
-    assert bpy.ops.animate.generate() == {"FINISHED"}
+    assert bpy.ops.animate_anyone.generate() == {"FINISHED"}
     assert generation.ACTIVE.state == "done"
     new_client = backend_client._shared
     assert new_client is not client and new_client.alive

@@ -32,7 +32,7 @@ def test_setup_needs_online_access(prefs, tmp_path):
     assert not bpy.app.online_access  # the bpy module runs with online access off
     prefs.venv_dir = str(tmp_path / "venv")
     with pytest.raises(RuntimeError, match="enable 'Allow Online Access' in Preferences > System"):
-        bpy.ops.animate.setup_backend()
+        bpy.ops.animate_anyone.setup_backend()
     assert not (tmp_path / "venv").exists()
 
 

@@ -191,7 +191,7 @@ def test_every_panel_draws_with_real_properties_and_operators(tmp_path):
     context = bpy.context
     drawn = {cls.__name__: _draw(cls, context) for cls in PANEL_CLASSES if issubclass(cls, bpy.types.Panel)}
     main = drawn["ANIMATE_PT_main"]
-    assert ("operator", "animate.generate") in main and ("prop", "armature") in main
+    assert ("operator", "animate_anyone.generate") in main and ("prop", "armature") in main
     assert ("label", "64 x 64 px") in main
     assert ("template_list", "bone_map") in drawn["ANIMATE_PT_mapping"]
     # Each row of the mapping table: keypoint, a bone picker searching the armature's bones, the end.
@@ -214,7 +214,7 @@ def test_every_panel_draws_with_real_properties_and_operators(tmp_path):
     calls = []
     # AddonPreferences.draw reads its own properties: draw with the real preferences as self.
     prefs.__class__.draw(_PrefsProxy(prefs, RecordingLayout(calls)), context)
-    assert ("operator", "animate.setup_backend") in calls and ("prop", "backend_python") in calls
+    assert ("operator", "animate_anyone.setup_backend") in calls and ("prop", "backend_python") in calls
 
 
 class _PrefsProxy:
@@ -243,8 +243,8 @@ def test_progress_shows_in_panel_and_status_bar(tmp_path):
         calls = _draw(bpy.types.ANIMATE_PT_main, bpy.context)
         assert ("label", "Denoising step 3/10, window 2/4") in calls
         assert ("progress", "frames 0/40, about 1 min 15 s left") in calls
-        assert ("operator", "animate.cancel_generate") in calls
-        assert ("operator", "animate.generate") not in calls
+        assert ("operator", "animate_anyone.cancel_generate") in calls
+        assert ("operator", "animate_anyone.generate") not in calls
         status = []
         panel.draw_status(SimpleNamespace(layout=RecordingLayout(status)), bpy.context)
         assert status == [("progress", "Animate: Denoising step 3/10, window 2/4")]
