@@ -166,7 +166,7 @@ def rgb_to_image(name: str, rgb: np.ndarray):
 # ---------------------------------------------------------------- operators
 
 
-class ANIMATE_OT_preview_skeleton(Operator):
+class ANIMATE_ANYONE_OT_preview_skeleton(Operator):
     """Draw the current frame's skeleton, as the model will see it, into the image "Animate Skeleton Preview\""""
 
     bl_idname = "animate_anyone.preview_skeleton"
@@ -198,7 +198,7 @@ def given_settings(operator) -> dict:
             if operator.properties.is_property_set(name)}
 
 
-class ANIMATE_OT_export_job(Operator):
+class ANIMATE_ANYONE_OT_export_job(Operator):
     """Write a job folder (skeletons, reference still, settings) without generating; runnable later with `python -m animate_backend run`"""
 
     bl_idname = "animate_anyone.export_job"
@@ -225,7 +225,7 @@ class ANIMATE_OT_export_job(Operator):
         return {"FINISHED"}
 
 
-class ANIMATE_OT_generate(Operator):
+class ANIMATE_ANYONE_OT_generate(Operator):
     """Write the job, run it on the backend and import the result; Esc cancels (finished frames are kept)"""
 
     bl_idname = "animate_anyone.generate"
@@ -322,7 +322,7 @@ class ANIMATE_OT_generate(Operator):
         return {"FINISHED"} if controller.state == "done" else {"CANCELLED"}
 
 
-class ANIMATE_OT_cancel_generate(Operator):
+class ANIMATE_ANYONE_OT_cancel_generate(Operator):
     """Stop generating; frames finished so far stay in the job folder"""
 
     bl_idname = "animate_anyone.cancel_generate"
@@ -337,7 +337,7 @@ class ANIMATE_OT_cancel_generate(Operator):
         return {"FINISHED"}
 
 
-class ANIMATE_OT_import_result(Operator):
+class ANIMATE_ANYONE_OT_import_result(Operator):
     """Import the video of a job generated earlier (or elsewhere)"""
 
     bl_idname = "animate_anyone.import_result"
@@ -375,7 +375,7 @@ class ANIMATE_OT_import_result(Operator):
         return {"FINISHED"}
 
 
-class ANIMATE_OT_refresh_mapping(Operator):
+class ANIMATE_ANYONE_OT_refresh_mapping(Operator):
     """Detect the armature's bone-name preset again and refill the mapping table (edits are lost)"""
 
     bl_idname = "animate_anyone.refresh_mapping"
@@ -396,7 +396,7 @@ class ANIMATE_OT_refresh_mapping(Operator):
         return {"FINISHED"}
 
 
-class ANIMATE_OT_stop_backend(Operator):
+class ANIMATE_ANYONE_OT_stop_backend(Operator):
     """Stop the backend process (frees the memory its model holds; it starts again on the next Generate)"""
 
     bl_idname = "animate_anyone.stop_backend"
@@ -414,17 +414,17 @@ class ANIMATE_OT_stop_backend(Operator):
 
 # The scripting API: bpy.ops.animate_anyone.generate(steps=30, seed=4) uses those settings for
 # this run and the scene's Animate tab for the rest (as bpy.ops.export_scene.gltf takes its options).
-for _operator in (ANIMATE_OT_generate, ANIMATE_OT_export_job):
+for _operator in (ANIMATE_ANYONE_OT_generate, ANIMATE_ANYONE_OT_export_job):
     add_setting_properties(_operator, (*GENERATION_SETTINGS, *RUNTIME_SETTINGS), options={"SKIP_SAVE"})
 
 CLASSES = (
-    ANIMATE_OT_preview_skeleton,
-    ANIMATE_OT_export_job,
-    ANIMATE_OT_generate,
-    ANIMATE_OT_cancel_generate,
-    ANIMATE_OT_import_result,
-    ANIMATE_OT_refresh_mapping,
-    ANIMATE_OT_stop_backend,
+    ANIMATE_ANYONE_OT_preview_skeleton,
+    ANIMATE_ANYONE_OT_export_job,
+    ANIMATE_ANYONE_OT_generate,
+    ANIMATE_ANYONE_OT_cancel_generate,
+    ANIMATE_ANYONE_OT_import_result,
+    ANIMATE_ANYONE_OT_refresh_mapping,
+    ANIMATE_ANYONE_OT_stop_backend,
 )
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 

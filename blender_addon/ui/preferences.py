@@ -137,9 +137,9 @@ class ANIMATE_AP_preferences(AddonPreferences):
             box.label(text=f"Default: {default_requirement()}")
         row = box.row()
         if SETUP.running:
-            row.operator(ANIMATE_OT_cancel_setup.bl_idname, icon="CANCEL")
+            row.operator(ANIMATE_ANYONE_OT_cancel_setup.bl_idname, icon="CANCEL")
         else:
-            row.operator(ANIMATE_OT_setup_backend.bl_idname, icon="IMPORT")
+            row.operator(ANIMATE_ANYONE_OT_setup_backend.bl_idname, icon="IMPORT")
         if SETUP.lines:
             log_box = box.box()
             for line in SETUP.lines[-10:]:
@@ -300,7 +300,7 @@ class BackendSetup:
 SETUP = BackendSetup()
 
 
-class ANIMATE_OT_setup_backend(Operator):
+class ANIMATE_ANYONE_OT_setup_backend(Operator):
     """Create a Python environment for the backend and install it there with pip (downloads several GB)"""
 
     bl_idname = "animate_anyone.setup_backend"
@@ -355,7 +355,7 @@ class ANIMATE_OT_setup_backend(Operator):
         return {"CANCELLED"}
 
 
-class ANIMATE_OT_cancel_setup(Operator):
+class ANIMATE_ANYONE_OT_cancel_setup(Operator):
     """Stop setting up the backend"""
 
     bl_idname = "animate_anyone.cancel_setup"
@@ -366,7 +366,7 @@ class ANIMATE_OT_cancel_setup(Operator):
         return {"FINISHED"}
 
 
-CLASSES = (ANIMATE_AP_preferences, ANIMATE_OT_setup_backend, ANIMATE_OT_cancel_setup)
+CLASSES = (ANIMATE_AP_preferences, ANIMATE_ANYONE_OT_setup_backend, ANIMATE_ANYONE_OT_cancel_setup)
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 

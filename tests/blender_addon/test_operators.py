@@ -402,7 +402,7 @@ def _drive_modal(controller, events, timeout=180):
     import types
     from types import SimpleNamespace
 
-    op_class = bpy.types.ANIMATE_OT_generate
+    op_class = bpy.types.ANIMATE_ANYONE_OT_generate
     reports = []
     op = SimpleNamespace(_controller=controller, _timer=None, report=lambda level, text: reports.append((level, text)))
     op._stop_timer = types.MethodType(op_class._stop_timer, op)

@@ -46,7 +46,7 @@ def test_register_unregister_twice_in_a_row():
         for cls in OPERATOR_CLASSES + PANEL_CLASSES:
             assert cls.is_registered, cls.__name__
         for name in OPERATORS:
-            assert getattr(bpy.ops.animate, name).get_rna_type().identifier.startswith("ANIMATE_OT_")
+            assert getattr(bpy.ops.animate_anyone, name).get_rna_type().identifier.startswith("ANIMATE_ANYONE_OT_")
         assert bpy.types.ANIMATE_PT_main.bl_category == "Animate"
         assert _status_hooks() == 1
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from animate_backend.__main__ import build_parser as backend_parser
-from blender_addon.cli import build_parser as addon_cli_parser
+from blender_addon.commands.cli import build_parser as addon_cli_parser
 
 REPO = Path(__file__).resolve().parents[2]
 JOB_TYPE = REPO / "farm" / "flamenco" / "animate_anyone.js"
