@@ -209,7 +209,7 @@ def write_model_card(out: Path, timings: dict, takes: int = TRAIN_TAKES, max_ste
         "",
         "A small model of the full Animate Anyone architecture (ReferenceNet, denoising UNet with",
         "motion modules, Pose Guider, VAE, CLIP image encoder) trained from scratch, on the CPU, on",
-        "renders of **one character: the demo character** of `make demo` (blender_addon/demo_scene.py).",
+        "renders of **one character: the demo character** of `make demo` (blender_addon/commands/demo_scene.py).",
         "It animates that character only, at 64x64: it has never seen another character, so another",
         "reference image will not be followed. It exists so that `make demo` shows a real animation",
         "with no downloaded weights. For real use, load the released weights (`--model`).",

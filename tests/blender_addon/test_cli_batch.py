@@ -181,23 +181,30 @@ def test_the_backend_python_is_found_in_order(tmp_path, monkeypatch):
         backend_runner.find_backend_python()
 
 
-def test_the_demo_runs_the_main_job(tmp_path):
+def test_the_demo_runs_the_main_job_with_our_demo_model(tmp_path):
+    """`make demo`: the committed demo model by default (here 2 frames, 1 step, to be quick)."""
+    from blender_addon.commands.demo import DEMO_MODEL, DEMO_MODEL_LABEL
+
     out = tmp_path / "demo_output"
-    process = run(["-m", "blender_addon.commands.demo", "--out", str(out), "--frames", "2", "--steps", "1", "--size", "64x64",
-                   "-q"])
+    process = run(["-m", "blender_addon.commands.demo", "--out", str(out), "--frames", "2", "--steps", "1", "-q"])
 
     assert process.returncode == 0, process.stderr[-2000:]
     video = out / "job" / "out" / "video.mp4"
-    assert video.stat().st_size > 0 and sorted(p.name for p in out.iterdir()) == ["demo.blend", "job"]
-    assert "tiny UNTRAINED pipeline" in process.stderr  # said before it starts
+    assert video.stat().st_size > 0 and sorted(p.name for p in out.iterdir()) == ["demo.blend", "job", "preview.png"]
+    settings = json.loads((out / "job" / "job.json").read_text())
+    assert (settings["model"], settings["width"], settings["height"]) == (str(DEMO_MODEL), 64, 64)
     summary = process.stdout
-    assert f"video     {video}" in summary and "UNTRAINED" in summary and str(out / "demo.blend") in summary
-    # The saved file holds the character, its animation and the imported result.
+    assert f"video     {video}" in summary and DEMO_MODEL_LABEL in summary and "UNTRAINED" not in summary
+    # The preview: reference + 2 frames wide; skeleton, rendered truth and generated rows; 4x larger.
+    from pose_bridge.image_io import read_image
+
+    assert read_image(out / "preview.png").shape == (3 * 64 * 4, 3 * 64 * 4, 3)
+    # The saved file holds the character, its animation and the imported result, named for the model.
     bpy.ops.wm.open_mainfile(filepath=str(out / "demo.blend"))
     rig = bpy.data.objects[demo_scene.ARMATURE]
     assert rig.animation_data.action is not None
     planes = [obj for obj in bpy.data.objects if obj.get("animate_anyone_result")]
-    assert len(planes) == 1 and "UNTRAINED" in planes[0].name and planes[0].parent == bpy.context.scene.camera
+    assert len(planes) == 1 and DEMO_MODEL_LABEL in planes[0].name and planes[0].parent == bpy.context.scene.camera
 
 
 def test_cli_can_start_from_the_settings_saved_in_the_animate_tab(tmp_path):
