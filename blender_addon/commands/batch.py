@@ -25,8 +25,8 @@ from pathlib import Path
 from pose_bridge.errors import PoseBridgeError
 from pose_bridge.job import JobPaths, read_settings, shot_job_dirs, write_settings
 
-from . import cli
 from ..errors import AddonError
+from . import cli, shot_options
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ def run_batch(args: argparse.Namespace, given: set[str] | None = None) -> list[S
                 continue
             cli.open_blend(blend)
             scene = cli.pick_scene(args.scene)
-            options = cli.options_from_args(args, scene, given)
+            options = shot_options.options_from_args(args, scene, given)
             options.job.provenance["batch"] = {"options": fingerprint, "blend_sha256": [blend_sha256]}
             outcome = cli.run_shot(
-                scene, options, job_dir, import_mode=cli.import_mode_of(args, scene, given), save=args.save,
+                scene, options, job_dir, import_mode=shot_options.import_mode_of(args, scene, given), save=args.save,
                 export_only=args.export_only, backend_python=args.backend_python,
                 on_line=cli.backend_printer(args.quiet),
             )
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("shots", nargs="+", metavar="SHOT.blend", help="the shots' .blend files")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder of the job folders, one per shot")
-    cli.add_job_arguments(parser)
+    shot_options.add_job_arguments(parser)
     return parser
 
 
@@ -152,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.setup_logging(args.quiet)
     try:
-        cli.options_from_args(args)  # a missing --model fails once, not once per shot
+        shot_options.options_from_args(args)  # a missing --model fails once, not once per shot
     except AddonError as exc:
         print(f"error: {cli.one_line(exc)}", file=sys.stderr, flush=True)
         return 1
-    reports = run_batch(args, cli.given_options(parser, args))
+    reports = run_batch(args, shot_options.given_options(parser, args))
     print(summary(reports), flush=True)
     return 1 if any(r.status == "failed" for r in reports) else 0
 

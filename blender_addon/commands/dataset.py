@@ -377,7 +377,7 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _mapping_item, _size
+    from .shot_options import mapping_item, size
 
     parser = argparse.ArgumentParser(
         prog="python -m blender_addon.commands.dataset",
@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = DatasetSettings()
     parser.add_argument("--takes", type=whole(at_least=1), default=d.takes, help="number of takes (clips)")
     parser.add_argument("--frames", type=whole(at_least=1), default=d.frames, help="frames per take")
-    parser.add_argument("--size", type=_size, default=(d.width, d.height), help="WIDTHxHEIGHT, multiples of 8")
+    parser.add_argument("--size", type=size, default=(d.width, d.height), help="WIDTHxHEIGHT, multiples of 8")
     parser.add_argument("--engine", default=d.engine, choices=["WORKBENCH", "CYCLES", "EEVEE", "SCENE"])
     parser.add_argument("--samples", type=whole(at_least=1), default=d.samples, help="Cycles samples")
     parser.add_argument("--random-fraction", type=number(at_least=0, at_most=1), default=d.random_fraction,
@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=_range, default=d.margin, help="frame size over character size MIN,MAX")
     parser.add_argument("--seed", type=whole(at_least=0), default=d.seed)
     parser.add_argument("--preset", default=d.preset, help="bone-name preset: auto, none, or a preset name")
-    parser.add_argument("--map", dest="mapping", action="append", type=_mapping_item, default=[],
+    parser.add_argument("--map", dest="mapping", action="append", type=mapping_item, default=[],
                         metavar="KEYPOINT=BONE", help="map a keypoint to a bone (repeatable)")
     add_setting_arguments(parser, ("draw_hands", "draw_face"))
     parser.add_argument("--occlusion", action="store_true", help="drop keypoints hidden behind the character")

@@ -25,8 +25,8 @@ from pose_bridge.cli_args import whole
 from pose_bridge.errors import PoseBridgeError
 from pose_bridge.settings import JobSettings
 
-from . import cli
 from ..errors import AddonError
+from . import cli, shot_options
 
 # Our small demo model, committed with the repository (demo_model/MODEL_CARD.md).
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "demo_model"
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="denoising steps (default 20; 4 with the tiny pipeline)")
     parser.add_argument("--frames", type=whole(at_least=1), default=None,
                         help="length of the shot in frames (default 24; 12 with the tiny pipeline)")
-    parser.add_argument("--size", type=cli._size, default=None, metavar="WxH",
+    parser.add_argument("--size", type=shot_options.size, default=None, metavar="WxH",
                         help="output size (default 64x64 with the demo model, which knows no other; 96x128 with "
                              "the tiny pipeline, 512x768 with real weights)")
     parser.add_argument("--engine", default=None, type=str.upper, choices=("WORKBENCH", "CYCLES", "EEVEE"),

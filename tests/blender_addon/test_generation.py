@@ -15,7 +15,7 @@ import pytest
 
 import ui_scene
 from blender_addon.connection import generation
-from blender_addon.ui import operators
+from blender_addon.ui import scene_options
 from blender_addon.errors import AddonError
 from blender_addon.export.job_export import JobExport, export_job
 
@@ -56,7 +56,7 @@ def scene(tmp_path):
 
 
 def options_of(scene):
-    return operators.export_options(scene, bpy.context.preferences.addons[ui_scene.ADDON].preferences)
+    return scene_options.export_options(scene, bpy.context.preferences.addons[ui_scene.ADDON].preferences)
 
 
 def new_controller(scene, job_dir, runner, options=None):

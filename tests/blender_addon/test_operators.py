@@ -22,7 +22,7 @@ import pytest
 import ui_scene
 from blender_addon.connection import client as backend_client
 from blender_addon.connection import generation
-from blender_addon.ui import operators
+from blender_addon.ui import operators, scene_options
 from pose_bridge.job import JobPaths, read_settings
 
 
@@ -50,7 +50,7 @@ def prefs():
 
 def run_controller(scene, runner, job_dir, import_mode="PLANE", on_event=None, timeout=180):
     """Start a controller and poll it the way the modal operator's timer does."""
-    options = operators.export_options(scene, prefs())
+    options = scene_options.export_options(scene, prefs())
     controller = generation.GenerateController(
         scene, options, job_dir, runner, import_mode=import_mode, camera=scene.camera
     )
@@ -98,7 +98,7 @@ def test_preview_skeleton_draws_the_current_frame(scene):
         pixels = np.empty(64 * 64 * 4, dtype=np.float32)
         image.pixels.foreach_get(pixels)
         rgb = np.round(pixels.reshape(64, 64, 4)[::-1, :, :3] * 255).astype(np.uint8)
-        expected = preview_skeleton(scene, operators.export_options(scene, prefs(), for_frame=frame), frame)
+        expected = preview_skeleton(scene, scene_options.export_options(scene, prefs(), for_frame=frame), frame)
         np.testing.assert_array_equal(rgb, expected)  # the right way up, exactly the drawn skeleton
         assert rgb.any()
         pictures.append(rgb)
@@ -262,7 +262,7 @@ def test_generate_writes_the_job_in_steps_then_runs_it(tmp_path, backend):
     ui_scene.configure(scene, tmp_path, import_mode="NONE")
     scene.frame_set(3)
     controller = generation.GenerateController(
-        scene, operators.export_options(scene, prefs()), tmp_path / "job", backend, import_mode="NONE",
+        scene, scene_options.export_options(scene, prefs()), tmp_path / "job", backend, import_mode="NONE",
         export_budget_s=0,
     )
     controller.start()
@@ -421,7 +421,7 @@ def _drive_modal(controller, events, timeout=180):
 def test_modal_generate_finishes_and_esc_cancels(scene, tmp_path, backend):
     from types import SimpleNamespace
 
-    options = operators.export_options(scene, prefs())
+    options = scene_options.export_options(scene, prefs())
     controller = generation.GenerateController(scene, options, tmp_path / "job", backend, import_mode="STRIP")
     controller.start()
     generation.ACTIVE = controller
