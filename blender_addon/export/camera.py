@@ -73,7 +73,11 @@ def output_frame(scene: bpy.types.Scene, width: int, height: int) -> Iterator[No
 
 
 class CameraView:
-    """One frame's camera: world point -> (x, y, confidence) on the canvas."""
+    """One frame's camera: world point -> (x, y, confidence) on the canvas.
+
+    projector: the Projector this view serves; read for the canvas size, the occlusion
+    switch, the character's size and meshes, and which bones move each face (FaceBones).
+    """
 
     def __init__(self, scene, camera_eval, depsgraph, projector: Projector) -> None:
         self.scene, self.camera, self.depsgraph, self.projector = scene, camera_eval, depsgraph, projector

@@ -62,6 +62,9 @@ def character_meshes(scene: bpy.types.Scene, armature: bpy.types.Object) -> list
     return sorted(meshes, key=lambda obj: obj.name)
 
 
+# ---------------------------------------------------------------- face points
+
+
 @dataclass
 class FaceGroups:
     """The face_NN vertex groups of one mesh, read once from the undeformed mesh."""
