@@ -48,7 +48,8 @@ from pose_bridge.image_io import write_png
 from pose_bridge.keypoints import PoseSequence
 from pose_bridge.openpose_json import write_sequence
 
-from ..export import projection, reference
+from ..export import projection, reference, rig_mapping
+from ..export.camera import output_frame
 from ..errors import AddonError
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,8 @@ def generate_dataset(
         raise AddonError(f"'{armature.name}' is not an armature; pick the character's armature")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mapping = projection.resolve_mapping(armature, settings.overrides, settings.preset)
-    projection.check_required(mapping, armature)
+    mapping = rig_mapping.resolve_mapping(armature, settings.overrides, settings.preset)
+    rig_mapping.check_required(mapping, armature)
     rng = np.random.default_rng(settings.seed)
     animation = _animation_range(scene, armature)
     random_takes = int(round(settings.takes * settings.random_fraction)) if animation else settings.takes
@@ -351,7 +352,7 @@ def _render_take(scene, armature, camera, sun, mapping, control: PoseControl, an
             control.apply(basis, _interpolated(keys, i / max(1, frames - 1)))
         # The projector sets the frame (a no-op for the detached random poses) and projects
         # inside the render's camera frame; the still renders that same frame.
-        with projection.output_frame(scene, settings.width, settings.height):
+        with output_frame(scene, settings.width, settings.height):
             poses.append(projector.pose_at(frame))
         rgb = reference.render_still(scene, camera, frame, settings.width, settings.height, settings.engine)
         write_png(folder / "frames" / f"{i + 1:04d}.png", rgb)

@@ -9,7 +9,7 @@ The character is what the add-on expects from a real one, only simpler:
 - one low-poly mesh of capsules, skinned with an Armature modifier and one vertex group
   per bone, with three materials (skin, shirt, trousers);
 - 68 loose vertices on the front of the head in vertex groups face_00 .. face_67 (the
-  face-point convention of blender_addon.export.projection), skinned to the head bone;
+  face-point convention of blender_addon.export.character), skinned to the head bone;
 - an action of FRAMES frames, a camera facing the character, a sun, a grey world,
   and Workbench set to show the materials' colours.
 """

@@ -36,6 +36,7 @@ from pose_bridge.files import make_partial_dir, partial_prefix, remove_partial_d
 from pose_bridge.job import JobPaths, JobSettings, write_job
 
 from . import projection, reference
+from .camera import output_frame
 from ..errors import AddonError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class ExportOptions:
     frame_start / frame_end: None = the scene's frame range.
     width / height: multiples of 8; None = the render size (with its percentage) rounded
         to multiples of 8 (see output_size).
-    mapping: bone-mapping overrides on top of the detected preset (projection.resolve_mapping):
+    mapping: bone-mapping overrides on top of the detected preset (rig_mapping.resolve_mapping):
         {"left_wrist": "hand.L", "right_hand.index_1": ("f_index.01.R", "tail"), "nose": None, ...}
         or the panel's {"body": {...}, "left_hand": {...}, "right_hand": {...}}.
     preset: "auto", "none" or a pose_bridge.bone_presets.PRESETS name.
@@ -377,7 +378,7 @@ class JobExport:
         started = time.monotonic()
         # output_frame sets the render size for the camera frame; it is held only during a
         # step so that between steps the scene's render settings are the user's own.
-        with projection.output_frame(self.scene, resolved.width, resolved.height):
+        with output_frame(self.scene, resolved.width, resolved.height):
             while len(self._poses) < len(self._frames):
                 self._poses.append(self._projector.pose_at(self._frames[len(self._poses)]))
                 if self.on_progress is not None:

@@ -1,7 +1,7 @@
 """The reference still: the character as the model should paint it.
 
 Either rendered from the scene at a chosen frame, with a chosen engine, at the output
-size and through the same camera frame as the keypoints (projection.output_frame), or
+size and through the same camera frame as the keypoints (camera.output_frame), or
 read from a user's image file. Both come back as an (H, W, 3) uint8 RGB array; the job
 writer saves it as reference.png.
 
@@ -25,7 +25,8 @@ from pose_bridge.image_io import flatten_to_rgb8
 
 from ..errors import AddonError
 from ..results.importing import RESULT_PROPERTY
-from .projection import output_frame, restored_frame
+from .camera import output_frame
+from .projection import restored_frame
 
 log = logging.getLogger(__name__)
 

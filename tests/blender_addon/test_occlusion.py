@@ -25,7 +25,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 from mathutils import Matrix, Vector  # noqa: E402
 
-from blender_addon.export import projection  # noqa: E402
+from blender_addon.export import character, projection  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX  # noqa: E402
 
 WIDTH, HEIGHT = 96, 128
@@ -259,7 +259,7 @@ def test_occlusion_agrees_with_a_per_bone_ground_truth(build):
     else:
         build_pieces(rig, parented=build == "pieces_parented")
     frames = pose_rig(rig)
-    assert len(projection.character_meshes(scene, rig)) == (1 if build == "single_shell" else len(BONES))
+    assert len(character.character_meshes(scene, rig)) == (1 if build == "single_shell" else len(BONES))
 
     agree = total = truly_hidden = 0
     disagreements = []

@@ -17,7 +17,7 @@ from mathutils import Matrix, Vector  # noqa: E402
 
 from blender_addon.commands import demo_scene  # noqa: E402
 
-from blender_addon.export import projection  # noqa: E402
+from blender_addon.export import projection, rig_mapping  # noqa: E402
 from blender_addon.errors import AddonError  # noqa: E402
 from pose_bridge import bone_presets  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX, HAND_NAMES  # noqa: E402
@@ -185,7 +185,7 @@ def preset_rig(preset: bone_presets.ArmaturePreset) -> bpy.types.Object:
     for table in (preset.body, preset.left_hand, preset.right_hand):
         for spec in table.values():
             first = spec[0] if isinstance(spec, tuple) else spec
-            for bone in projection.source_bones(first):
+            for bone in rig_mapping.source_bones(first):
                 if bone not in names:
                     names.append(bone)
     names += [m for m in preset.markers if m not in names]
@@ -202,12 +202,12 @@ def test_each_preset_maps_a_rig_built_with_its_bone_names(preset_name):
     rig = preset_rig(preset)
     camera = make_camera((0.0, -6.0, 1.0), (90, 0, 0), ortho=True)
     camera.data.ortho_scale = 3.0
-    mapping = projection.resolve_mapping(rig)
+    mapping = rig_mapping.resolve_mapping(rig)
     assert mapping.preset == preset_name
-    assert all(name in mapping.body for name in projection.REQUIRED_BODY)
+    assert all(name in mapping.body for name in rig_mapping.REQUIRED_BODY)
     result = projection.project_sequence(bpy.context.scene, rig, camera, 1, 1, 64, 96)
     pose = result.poses[0]
-    for name in projection.REQUIRED_BODY:
+    for name in rig_mapping.REQUIRED_BODY:
         source = mapping.body[name]
         if isinstance(source, bone_presets.BonePoint) and name != "neck":  # the neck: from the shoulders
             expected = independent_pixel(camera, bone_point_world(rig, source), 64, 96)
@@ -235,13 +235,13 @@ def test_mapping_overrides_sit_on_top_of_the_preset():
     expected = independent_pixel(camera, bone_point_world(rig, bone_presets.BonePoint("forearm.R")), 96, 128)
     np.testing.assert_allclose(pose.right_hand[0, :2], expected, atol=2e-3)
     # The panel's nested table works the same way.
-    nested = projection.resolve_mapping(rig, {"body": {"left_wrist": bone_presets.BonePoint("forearm.L", "tail")}})
+    nested = rig_mapping.resolve_mapping(rig, {"body": {"left_wrist": bone_presets.BonePoint("forearm.L", "tail")}})
     assert nested.body["left_wrist"] == bone_presets.BonePoint("forearm.L", "tail")
 
     with pytest.raises(AddonError, match="no such bone"):
-        projection.resolve_mapping(rig, {"left_wrist": "Wrist_Left"})
+        rig_mapping.resolve_mapping(rig, {"left_wrist": "Wrist_Left"})
     with pytest.raises(AddonError, match="unknown keypoint 'left_pinky'"):
-        projection.resolve_mapping(rig, {"left_pinky": "hand.L"})
+        rig_mapping.resolve_mapping(rig, {"left_pinky": "hand.L"})
 
 
 def test_unmapped_required_bones_say_what_to_map():
@@ -252,7 +252,7 @@ def test_unmapped_required_bones_say_what_to_map():
     message = str(error.value)
     assert "matches no bone-name preset" in message and "left_wrist" in message and "Bone Mapping" in message
     # Mapping them by hand makes the same rig usable.
-    overrides = {name: "Bone" for name in projection.REQUIRED_BODY}
+    overrides = {name: "Bone" for name in rig_mapping.REQUIRED_BODY}
     result = projection.project_sequence(bpy.context.scene, rig, camera, 1, 2, 64, 64, overrides=overrides)
     assert "nose" in result.unmapped and "left_wrist" not in result.unmapped
     # The panel passes its whole table with preset "none"; a row left empty stays unmapped.
@@ -298,7 +298,7 @@ def test_face_points_are_weighted_centroids_of_their_deformed_vertex_groups():
     pose_bone.keyframe_insert("rotation_quaternion", frame=2)
     pose_bone.keyframe_insert("location", frame=2)
     camera = make_camera((0, -3, 1.65), (90, 0, 0))
-    overrides = {name: "head" for name in projection.REQUIRED_BODY}
+    overrides = {name: "head" for name in rig_mapping.REQUIRED_BODY}
 
     result = projection.project_sequence(bpy.context.scene, rig, camera, 1, 2, 64, 64, overrides=overrides)
 

@@ -22,7 +22,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 from mathutils import Euler, Vector  # noqa: E402
 
-from blender_addon.export import projection  # noqa: E402
+from blender_addon.errors import AddonError  # noqa: E402
+from blender_addon.export import projection, rig_mapping  # noqa: E402
 from pose_bridge import bone_presets  # noqa: E402
 from pose_bridge.keypoints import BODY_INDEX, BODY_NAMES, HAND_NAMES  # noqa: E402
 
@@ -204,7 +205,7 @@ def pose_rigify(rig, frames) -> None:
 @in_rigify_child
 def test_rigify_generated_rig(tmp_path_factory):
     rig = rigify_generated_rig(tmp_path_factory)
-    assert projection.resolve_mapping(rig).preset == "rigify_generated"
+    assert rig_mapping.resolve_mapping(rig).preset == "rigify_generated"
     frames = [1, 2, 3]
     pose_rigify(rig, frames)
     camera = frame_the_rig(rig, yaw_deg=25)
@@ -224,7 +225,7 @@ def test_rigify_metarig():
     bpy.ops.preferences.addon_enable(module="rigify")
     bpy.ops.object.armature_human_metarig_add()
     rig = bpy.context.object
-    assert projection.resolve_mapping(rig).preset == "rigify_meta"
+    assert rig_mapping.resolve_mapping(rig).preset == "rigify_meta"
     for frame, angle in ((1, 0.0), (2, 0.7)):
         rig.pose.bones["upper_arm.R"].rotation_mode = "XYZ"
         rig.pose.bones["upper_arm.R"].rotation_euler = (angle, 0.0, angle)
@@ -375,7 +376,7 @@ def test_cmu_bvh_in_each_naming(tmp_path, naming, tree, preset, where):
     path = tmp_path / f"cmu_{naming}.bvh"
     write_bvh(path, tree)
     rig = import_bvh(path)
-    assert projection.resolve_mapping(rig).preset == preset
+    assert rig_mapping.resolve_mapping(rig).preset == preset
     frames = [1, 2, 3]
     camera = frame_the_rig(rig, yaw_deg=30)
     result = project(rig, camera, frames)
@@ -448,7 +449,7 @@ def kick(rig, prefix: str, frames) -> None:
 def test_mixamo_rig(prefix):
     rig = build_rig(prefix)
     rig.location, rig.rotation_euler = (0.3, 0.5, 0.0), (0.0, 0.0, 0.4)
-    assert projection.resolve_mapping(rig).preset == "mixamo"
+    assert rig_mapping.resolve_mapping(rig).preset == "mixamo"
     frames = [1, 2, 3]
     kick(rig, prefix, frames)
     camera = frame_the_rig(rig, yaw_deg=10)
@@ -482,5 +483,5 @@ def test_the_rigs_own_neck_bone_is_an_option():
     neck = shoulders.poses[0].body[BODY_INDEX["neck"]]
     line = shoulders.poses[0].body[[BODY_INDEX["right_shoulder"], BODY_INDEX["left_shoulder"]], 1].mean()
     assert neck[2] == 1 and abs(neck[1] - line) < 1e-3 and neck[1] - neck_bone[1] > 1.0
-    with pytest.raises(projection.AddonError, match="unknown neck rule"):
+    with pytest.raises(AddonError, match="unknown neck rule"):
         project(rig, camera, [1], neck="chin")

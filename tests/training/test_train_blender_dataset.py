@@ -10,7 +10,7 @@ from mathutils import Quaternion, Vector  # noqa: E402
 
 from blender_addon.commands import demo_scene  # noqa: E402
 
-from blender_addon.export import projection  # noqa: E402
+from blender_addon.export import projection, rig_mapping  # noqa: E402
 from blender_addon.commands.dataset import DatasetSettings, generate_dataset, main  # noqa: E402
 from pose_bridge import bone_presets  # noqa: E402
 from pose_bridge.image_io import read_image  # noqa: E402
@@ -72,7 +72,7 @@ def test_keypoints_match_an_independent_projection_of_the_bones(generated):
     camera.rotation_mode = "QUATERNION"
     camera.rotation_quaternion = Quaternion(setup["rotation_quaternion"])
     camera.data.lens, camera.data.sensor_width = setup["lens"], setup["sensor_width"]
-    mapping = projection.resolve_mapping(rig)
+    mapping = rig_mapping.resolve_mapping(rig)
     for pose, frame in zip(poses, entry["scene_frames"]):
         scene.frame_set(frame)
         depsgraph = bpy.context.evaluated_depsgraph_get()
