@@ -18,6 +18,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from pose_bridge.backend_protocol import denoising_units
 from pose_bridge.cli_args import number, whole
 from pose_bridge.job import CONTEXT_SCHEDULES, DEVICES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS, PRECISIONS
 
@@ -47,8 +48,7 @@ class ProgressBars:
                 tqdm.write(f"{stage}: {message}" if message else stage, file=sys.stderr)
         if stage == "denoising" and event.get("steps") and event.get("windows"):
             windows = int(event["windows"])
-            total = int(event["steps"]) * windows
-            done = (int(event["step"] or 1) - 1) * windows + int(event["window"] or 0)
+            done, total = denoising_units(event["step"], event["steps"], event["window"], windows)
             self._advance(total, done, f"denoising ({windows} window{'s' if windows > 1 else ''})", "step")
         elif stage == "decoding" and event.get("frames_total"):
             self._advance(int(event["frames_total"]), int(event["frames_done"] or 0), "decoding", "frame")

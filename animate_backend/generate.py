@@ -11,8 +11,8 @@ Keypoints are redrawn at the output resolution (nothing lost to resizing); skele
 to the pipeline as they are, through its aspect-preserving preprocessing. The output size
 defaults to the reference image's, rounded to multiples of 8.
 
-This calls the pipeline directly, with the job runner's denoise step, and streams the decoded
-frames into the video encoder chunk by chunk, so no frame files are written and memory stays
+This takes the same generation path as a job (sampling.py: denoise, then decode), streaming
+the decoded frames into the video encoder chunk by chunk, so no frame files are written and memory stays
 flat. The video is written to a temporary file and renamed, so a cancelled run (Ctrl-C) never
 leaves half a video. A job folder (`run`) is the way to keep frames and resume.
 """
@@ -30,12 +30,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from animate_backend.errors import InputError, OutOfMemoryError
+from animate_backend.context_windows import check_context
+from animate_backend.errors import InputError, is_out_of_memory, out_of_memory_error
 from animate_backend.events import EventCallback, ProgressTracker
-from animate_backend.job_runner import (
-    OOM_ADVICE, UNTRAINED_NOTE, PipelineCache, decode_chunk, denoise, is_out_of_memory, prepare_poses,
-)
-from pose_bridge.job import CONTEXT_SCHEDULES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS
+from animate_backend.loading import UNTRAINED_NOTE
+from animate_backend.pipeline_cache import PipelineCache
+from animate_backend.pose_input import prepare_poses
+from animate_backend.sampling import decoded_frames, denoise
+from pose_bridge.job import MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS
 from pose_bridge.keypoints import PoseSequence
 
 logger = logging.getLogger(__name__)
@@ -138,15 +140,8 @@ def check_settings(
         raise InputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
     if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
         raise InputError(f"--fps must be a number above 0 and at most {MAX_FPS:g}, got {fps}")
-    if context_frames < 1:
-        raise InputError(f"--context-frames must be at least 1, got {context_frames}")
-    if not 0 <= context_overlap < context_frames:
-        raise InputError(
-            f"--context-overlap must be between 0 and --context-frames minus one ({context_frames - 1}), "
-            f"got {context_overlap}"
-        )
-    if context_schedule not in CONTEXT_SCHEDULES:
-        raise InputError(f"--context-schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {context_schedule!r}")
+    check_context(context_frames, context_overlap, context_schedule,
+                  names=("--context-frames", "--context-overlap", "--context-schedule"))
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -237,22 +232,16 @@ def generate(
         )
         tracker.restart_clock("decoding")
 
-        from animate_backend.pipeline import default_decode_chunk_size
-
-        def decoded_frames() -> Iterator[np.ndarray]:
+        def frames() -> Iterator[np.ndarray]:
             # The encoder pulls frames; each chunk is decoded when it is needed.
-            written = 0
-            chunk_size = default_decode_chunk_size(loaded.pipe.vae.device)
-            for a in range(0, num_frames, chunk_size):
-                for frame in decode_chunk(loaded.pipe, latents, a, min(a + chunk_size, num_frames)):
-                    yield frame
-                    written += 1
-                    tracker.decoded(written, num_frames)
+            for written, (_, frame) in enumerate(decoded_frames(loaded.pipe, latents, range(num_frames)), 1):
+                yield frame
+                tracker.decoded(written, num_frames)
 
-        write_video(out, decoded_frames(), driving.fps)
+        write_video(out, frames(), driving.fps)
     except Exception as exc:
         if is_out_of_memory(exc):
-            raise OutOfMemoryError(f"{OOM_ADVICE} ({width}x{height}, {context_frames}-frame window)") from exc
+            raise out_of_memory_error(exc, width, height, context_frames) from exc
         raise
     tracker.stage("done", f"wrote {out}", frames_done=num_frames)
     return {

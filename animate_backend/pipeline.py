@@ -49,8 +49,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModelWithProjection
 
-from animate_backend.context_windows import CONTEXT_SCHEDULES, context_windows
-from animate_backend.errors import CancelledError, InputError, OutOfMemoryError
+from animate_backend.context_windows import check_context, context_windows
+from animate_backend.errors import CancelledError, InputError, is_out_of_memory, out_of_memory_error
 from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
 from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
@@ -467,16 +467,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
                 f"context_frames must be between 1 and {self.motion_context_limit} (the motion modules' "
                 f"positional-encoding length), got {context_frames}; 24 is the usual value"
             )
-        if not 0 <= context_overlap < context_frames:
-            raise InputError(
-                f"context_overlap must be at least 0 and less than context_frames ({context_frames}), "
-                f"got {context_overlap}; 4 is the usual value"
-            )
-        if context_schedule not in CONTEXT_SCHEDULES:
-            raise InputError(
-                f"context_schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {context_schedule!r}; "
-                "'tapered' is the default, 'loop' reproduces Moore-AnimateAnyone's windows"
-            )
+        check_context(context_frames, context_overlap, context_schedule)
         if num_inference_steps < 1:
             raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}; 20-30 is usual")
         if output_type not in OUTPUT_TYPES:
@@ -550,15 +541,10 @@ class AnimateAnyonePipeline(DiffusionPipeline):
                 latents, context_frames, context_overlap, output_type, callback_on_step_end, on_progress,
                 on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size, context_schedule,
             )
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            # CUDA raises OutOfMemoryError; MPS and some CPU allocators a RuntimeError saying so.
-            if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(exc):
                 raise
-            raise OutOfMemoryError(
-                f"the device ran out of memory generating {width}x{height} with {context_frames}-frame windows; "
-                "try smaller windows (context_frames 16 or 12), a smaller size, or fp16 precision, "
-                "and close other programs using the GPU"
-            ) from exc
+            raise out_of_memory_error(exc, width, height, context_frames) from exc
         finally:
             self.reference_bank.clear()
             self.pose_injector.clear()

@@ -13,7 +13,7 @@ import pytest
 
 from animate_backend.errors import InputError
 from animate_backend.generate import generate, load_driving_poses, output_size
-from animate_backend.job_runner import PipelineCache
+from animate_backend.pipeline_cache import PipelineCache
 from pose_bridge.drawing import draw_pose
 from pose_bridge.image_io import write_png, write_video
 from pose_bridge.keypoints import Pose, PoseSequence
