@@ -23,7 +23,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import PIL.Image
@@ -300,6 +300,41 @@ class TrainingProgress:
             setattr(self, key, int(value))
 
 
+def resumable_batches(dataset, dataloader, progress: "TrainingProgress", max_steps: int) -> Iterator[Any]:
+    """The batches of every training loop, from where `progress` stands until max_steps updates.
+
+    The sampler's order and the dataset's crops and frames both follow the epoch (accelerate's
+    set_epoch reaches the dataset only for some sampler layouts); a resumed epoch skips the
+    batches it had done. The caller counts progress.micro_step, batch_in_epoch and global_step;
+    this counts epochs, and stops once global_step reaches max_steps.
+    """
+    while progress.global_step < max_steps:
+        dataset.set_epoch(progress.epoch)
+        dataloader.set_epoch(progress.epoch)
+        loader = dataloader
+        if progress.batch_in_epoch:
+            loader = skip_first_batches(dataloader, progress.batch_in_epoch)
+            loader.set_epoch(progress.epoch)
+        for batch in loader:
+            yield batch
+            if progress.global_step >= max_steps:
+                return
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+
+
+def log_and_checkpoint(accelerator, config: TrainConfig, output_dir: Path, step: int, max_steps: int,
+                       logs: dict[str, float]) -> bool:
+    """After optimizer update `step`: log every logging_steps (and the last), checkpoint every
+    checkpointing_steps. True when the logs were written."""
+    logged = step % config.logging_steps == 0 or step == max_steps
+    if logged:
+        accelerator.log(logs, step=step)
+    if config.checkpointing_steps and step % config.checkpointing_steps == 0:
+        save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit)
+    return logged
+
+
 def micro_step_generator(seed: int, process_index: int, micro_step: int) -> torch.Generator:
     """The RNG of one micro-step: depends on nothing else, so resuming needs no RNG state."""
     state = np.random.SeedSequence([seed, process_index, micro_step]).generate_state(2, dtype=np.uint32)
@@ -556,53 +591,36 @@ def train(config: TrainConfig) -> Path:
     bar = tqdm(total=max_steps, initial=progress.global_step, desc=f"stage {config.stage}",
                disable=not accelerator.is_local_main_process)
     running_loss = 0.0
-    while progress.global_step < max_steps:
-        # The sampler's order and the dataset's crops and frames both follow the epoch.
-        # (accelerate's set_epoch reaches the dataset only for some sampler layouts.)
-        dataset.set_epoch(progress.epoch)
-        dataloader.set_epoch(progress.epoch)
-        loader = dataloader
-        if progress.batch_in_epoch:
-            loader = skip_first_batches(dataloader, progress.batch_in_epoch)
-            loader.set_epoch(progress.epoch)
-        for batch in loader:
-            generator = micro_step_generator(seed, accelerator.process_index, progress.micro_step)
-            with accelerator.accumulate(module):
-                loss = training_loss(batch, module, models, config, generator, weight_dtype)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            # Every micro-step: the reference tokens (and cached keys/values) belong to the
-            # weights before this step's update.
-            bank.clear()
-            progress.micro_step += 1
-            progress.batch_in_epoch += 1
-            # Logged loss: mean over processes, summed over the micro-steps of one update.
-            running_loss += accelerator.gather(loss.detach()).mean().item() / config.optim.gradient_accumulation_steps
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(params)
-            progress.global_step += 1
-            bar.update(1)
-            logs = {"loss": running_loss, "lr": lr_scheduler.get_last_lr()[0]}
-            running_loss = 0.0
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            if progress.global_step % config.logging_steps == 0 or progress.global_step == max_steps:
-                accelerator.log(logs, step=progress.global_step)
-            if config.checkpointing_steps and progress.global_step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, progress.global_step, config.checkpoints_total_limit)
-            if (config.validation.every_steps and progress.global_step % config.validation.every_steps == 0
-                    and accelerator.is_main_process):
-                run_validation(models, config, dataset, progress.global_step, accelerator, ema, params)
-            if progress.global_step >= max_steps:
-                break
-        else:
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
+    for batch in resumable_batches(dataset, dataloader, progress, max_steps):
+        generator = micro_step_generator(seed, accelerator.process_index, progress.micro_step)
+        with accelerator.accumulate(module):
+            loss = training_loss(batch, module, models, config, generator, weight_dtype)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.optim.max_grad_norm:
+                accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        # Every micro-step: the reference tokens (and cached keys/values) belong to the
+        # weights before this step's update.
+        bank.clear()
+        progress.micro_step += 1
+        progress.batch_in_epoch += 1
+        # Logged loss: mean over processes, summed over the micro-steps of one update.
+        running_loss += accelerator.gather(loss.detach()).mean().item() / config.optim.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+        if ema is not None:
+            ema.step(params)
+        progress.global_step += 1
+        bar.update(1)
+        logs = {"loss": running_loss, "lr": lr_scheduler.get_last_lr()[0]}
+        running_loss = 0.0
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        log_and_checkpoint(accelerator, config, output_dir, progress.global_step, max_steps, logs)
+        if (config.validation.every_steps and progress.global_step % config.validation.every_steps == 0
+                and accelerator.is_main_process):
+            run_validation(models, config, dataset, progress.global_step, accelerator, ema, params)
     bar.close()
 
     accelerator.wait_for_everyone()

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import skip_first_batches
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from torch import nn
@@ -41,8 +40,9 @@ from animate_backend.train.trainer import (
     _make_optimizer,
     _resolve_checkpoint,
     make_accelerator,
+    log_and_checkpoint,
     micro_step_generator,
-    save_checkpoint,
+    resumable_batches,
 )
 
 logger = logging.getLogger(__name__)
@@ -222,48 +222,33 @@ def train_vae(config: TrainConfig) -> Path:
     bar = tqdm(total=o.max_train_steps, initial=progress.global_step, desc="stage 0 (VAE)",
                disable=not accelerator.is_local_main_process)
     running = 0.0
-    while progress.global_step < o.max_train_steps:
-        dataset.set_epoch(progress.epoch)
-        dataloader.set_epoch(progress.epoch)
-        loader = dataloader
-        if progress.batch_in_epoch:
-            loader = skip_first_batches(dataloader, progress.batch_in_epoch)
-            loader.set_epoch(progress.epoch)
-        for batch in loader:
-            generator = micro_step_generator(config.seed, accelerator.process_index, progress.micro_step)
-            with accelerator.accumulate(module):
-                pixels = batch["pixel_values"]
-                reconstruction, mean, logvar = module(pixels, generator)
-                loss, parts = vae_loss(reconstruction, pixels, mean, logvar, config.vae)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and o.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, o.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            progress.micro_step += 1
-            progress.batch_in_epoch += 1
-            running += accelerator.gather(loss.detach()).mean().item() / o.gradient_accumulation_steps
-            if not accelerator.sync_gradients:
-                continue
-            progress.global_step += 1
-            bar.update(1)
-            with torch.no_grad():
-                psnr = float(metrics.psnr(((reconstruction.detach() + 1) / 2).clamp(0, 1), (pixels + 1) / 2).mean())
-            logs = {"loss": running, "psnr": psnr, "lr": lr_scheduler.get_last_lr()[0], **parts}
-            running = 0.0
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{psnr:.1f}")
-            if progress.global_step % config.logging_steps == 0 or progress.global_step == o.max_train_steps:
-                accelerator.log(logs, step=progress.global_step)
-                logger.info("step %d: loss %.4f, PSNR %.2f dB, SSIM %.3f", progress.global_step, logs["loss"],
-                            psnr, parts.get("ssim", float("nan")))
-            if config.checkpointing_steps and progress.global_step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, progress.global_step, config.checkpoints_total_limit)
-            if progress.global_step >= o.max_train_steps:
-                break
-        else:
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
+    for batch in resumable_batches(dataset, dataloader, progress, o.max_train_steps):
+        generator = micro_step_generator(config.seed, accelerator.process_index, progress.micro_step)
+        with accelerator.accumulate(module):
+            pixels = batch["pixel_values"]
+            reconstruction, mean, logvar = module(pixels, generator)
+            loss, parts = vae_loss(reconstruction, pixels, mean, logvar, config.vae)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and o.max_grad_norm:
+                accelerator.clip_grad_norm_(params, o.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        progress.micro_step += 1
+        progress.batch_in_epoch += 1
+        running += accelerator.gather(loss.detach()).mean().item() / o.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+        progress.global_step += 1
+        bar.update(1)
+        with torch.no_grad():
+            psnr = float(metrics.psnr(((reconstruction.detach() + 1) / 2).clamp(0, 1), (pixels + 1) / 2).mean())
+        logs = {"loss": running, "psnr": psnr, "lr": lr_scheduler.get_last_lr()[0], **parts}
+        running = 0.0
+        bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{psnr:.1f}")
+        if log_and_checkpoint(accelerator, config, output_dir, progress.global_step, o.max_train_steps, logs):
+            logger.info("step %d: loss %.4f, PSNR %.2f dB, SSIM %.3f", progress.global_step, logs["loss"],
+                        psnr, parts.get("ssim", float("nan")))
     bar.close()
 
     accelerator.wait_for_everyone()
