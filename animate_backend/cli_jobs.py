@@ -16,10 +16,12 @@ import json
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from pose_bridge.backend_protocol import denoising_units
 from pose_bridge.cli_args import number, whole
+from pose_bridge.job import JobPaths
 from pose_bridge.job import CONTEXT_SCHEDULES, DEVICES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS, PRECISIONS
 
 
@@ -99,8 +101,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        where = result["video"] or "out/frames/"
-        print(f"{result['frames']} frames in {result['seconds']:.1f} s: {args.job_dir.rstrip('/')}/{where}")
+        paths = JobPaths(Path(args.job_dir))
+        where = paths.root / result["video"] if result["video"] else paths.frames
+        print(f"{result['frames']} frames in {result['seconds']:.1f} s: {where}")
     return 0
 
 

@@ -1,5 +1,8 @@
 """AnimateAnyonePipeline: reference image + skeleton sequence -> video (paper section 3, 4.1).
 
+(Longer than our other modules on purpose: it is one concept, the pipeline with its own input
+preparation and decoding, kept in one file to read top to bottom as diffusers' pipelines do.)
+
 Reads top to bottom like a diffusers pipeline:
 
 1. Inputs are checked and preprocessed. The reference image and every skeleton are fitted
@@ -19,7 +22,12 @@ Reads top to bottom like a diffusers pipeline:
 4. The VAE decodes the final latents in chunks; each chunk is handed to `on_frames` as soon as
    it exists, so with `output_type=None` no decoded frame is kept and memory does not grow with
    the video's length (host memory holds the latents and the skeletons: about 1.2 MB per frame
-   at 512x768).
+   at 512x768). Decoded chunks go through diffusers' VideoProcessor; VAE slicing and tiling
+   (`enable_vae_slicing`, `enable_vae_tiling`) apply to each chunk.
+
+diffusers' switches work as on its own pipelines: `enable_model_cpu_offload()` and
+`enable_sequential_cpu_offload()` (the models are freed again after each call),
+`callback_on_step_end` with `interrupt`, and `set_progress_bar_config`.
 
 Example::
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pose_bridge.errors import PoseBridgeError
-from pose_bridge.job import read_settings
+from pose_bridge.job import JobPaths, read_settings
 
 from animate_backend.farm import shots as shot_files
 from animate_backend.farm.shots import Shot
@@ -511,7 +511,7 @@ def run_farm(
 
 def _where(job_dir: Path, result: dict[str, Any]) -> str:
     video = result.get("video")
-    where = str(job_dir / video) if video else str(job_dir / "out" / "frames")
+    where = str(job_dir / video) if video else str(JobPaths(job_dir).frames)
     return where + (" (UNTRAINED model)" if result.get("untrained") else "")
 
 
