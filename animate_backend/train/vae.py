@@ -34,13 +34,13 @@ from animate_backend.configs import load_size_config
 from animate_backend.errors import InputError
 from animate_backend.tiny import replace_folder
 from animate_backend.train.config import TrainConfig, VaeSettings
-from animate_backend.train.data import IMAGE_SUFFIXES, _to_unit_range, crop_box_for, crop_image, read_manifest
-from animate_backend.train.trainer import (
-    TrainingProgress,
-    _make_optimizer,
-    _resolve_checkpoint,
-    make_accelerator,
+from animate_backend.train.data import IMAGE_SUFFIXES, _to_unit_range, crop_box_for, crop_image
+from animate_backend.train.manifest import read_manifest
+from animate_backend.train.checkpoints import TrainingProgress, resolve_checkpoint
+from animate_backend.train.loop import (
     log_and_checkpoint,
+    make_accelerator,
+    make_optimizer,
     micro_step_generator,
     resumable_batches,
 )
@@ -203,7 +203,7 @@ def train_vae(config: TrainConfig) -> Path:
     if o.scale_lr:
         lr *= o.train_batch_size * o.gradient_accumulation_steps * accelerator.num_processes
     params = list(vae.parameters())
-    optimizer = _make_optimizer(params, config, lr)
+    optimizer = make_optimizer(params, config, lr)
     lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=o.max_train_steps * accelerator.num_processes)
     module, optimizer, dataloader, lr_scheduler = accelerator.prepare(module, optimizer, dataloader, lr_scheduler)
@@ -212,7 +212,7 @@ def train_vae(config: TrainConfig) -> Path:
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers(config.tracker_project_name + "_vae")
     if config.resume_from_checkpoint:
-        checkpoint = _resolve_checkpoint(config.resume_from_checkpoint, output_dir)
+        checkpoint = resolve_checkpoint(config.resume_from_checkpoint, output_dir)
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
             logger.info("resumed from %s at step %d", checkpoint, progress.global_step)
