@@ -115,7 +115,7 @@ def _stop(process: subprocess.Popen) -> None:
 class Generator:
     """A generation worker: one model kept loaded, one job at a time.
 
-    Made a Ray actor by the driver (see runner.make_generator) with num_gpus=1 on GPU clusters.
+    Made a Ray actor by the driver (see actors.make_generator) with num_gpus=1 on GPU clusters.
     `run` blocks for a job; `progress`, `cancel` and `identity` answer meanwhile (the actor is
     created with max_concurrency=2, so a second call runs in a second thread).
     """
