@@ -145,7 +145,7 @@ def job_failure_event(exc: BaseException, job_dir: str | os.PathLike) -> dict[st
     else:
         kind = "internal"
         message = (
-            f"the backend crashed while running the job ({type(exc).__name__}: {exc}); its log "
-            f"(the server's stderr, or Blender's console) has the details, please report them"
+            f"the backend crashed while running the job ({type(exc).__name__}: {exc}); the backend's "
+            f"log has the details, please report them"
         )
     return {"type": "error", "kind": kind, "message": message}

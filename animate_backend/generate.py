@@ -33,7 +33,6 @@ import numpy as np
 from animate_backend.context_windows import check_context
 from animate_backend.errors import InputError, is_out_of_memory, out_of_memory_error
 from animate_backend.events import EventCallback, ProgressTracker
-from animate_backend.loading import UNTRAINED_NOTE
 from animate_backend.pipeline_cache import PipelineCache
 from animate_backend.pose_input import prepare_poses
 from animate_backend.sampling import decoded_frames, denoise
@@ -220,6 +219,8 @@ def generate(
     tracker.stage("loading", f"loading model {model}")
     loaded = (pipelines if pipelines is not None else PipelineCache()).get(model, device, precision)
     if loaded.untrained:
+        from animate_backend.loading import UNTRAINED_NOTE
+
         logger.warning("UNTRAINED model: %s", UNTRAINED_NOTE)
     tracker.stage("preparing", f"{num_frames} frames from {driving.kind} at {width}x{height}")
     pose_input: Any = prepare_poses(driving.poses, width, height) if driving.poses is not None else driving.images

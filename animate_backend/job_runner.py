@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-
 from animate_backend.errors import BackendError, CancelledError, InputError, is_out_of_memory, out_of_memory_error
 from animate_backend.events import EventCallback, ProgressTracker
 from animate_backend.fingerprint import FINGERPRINT_SETTINGS, job_fingerprint
@@ -50,7 +49,6 @@ from animate_backend.job_folder import (
 )
 from animate_backend.job_log import JobLog
 from animate_backend.latents_io import load_latents, save_latents
-from animate_backend.loading import UNTRAINED_NOTE, untrained_without_loading
 from animate_backend.pipeline_cache import PipelineCache
 from animate_backend.pose_input import aspect_note, no_reference_pose_message, prepare_poses
 from animate_backend.sampling import decoded_frames, denoise
@@ -170,6 +168,8 @@ def _run_job(
         raise
 
     if model_info.get("untrained"):
+        from animate_backend.loading import UNTRAINED_NOTE  # loading imports torch: only when needed
+
         log.message(f"UNTRAINED output: {UNTRAINED_NOTE}", logging.WARNING)
     result = {
         "format": RESULT_FORMAT,
@@ -268,5 +268,7 @@ def _previous_model_info(paths: JobPaths, log: JobLog, settings: JobSettings) ->
     record = log.latest("model")
     if record is not None:
         return {key: record.get(key) for key in ("model", "untrained", "device", "dtype")}
+    from animate_backend.loading import untrained_without_loading
+
     return {"model": settings.model, "untrained": untrained_without_loading(settings.model),
             "device": None, "dtype": None}
