@@ -60,6 +60,7 @@ def run_validation(models: StageModels, config: TrainConfig, dataset: AnimateAny
         if ema is not None:
             ema.restore(params)
     pipe.to(accelerator.device)
+    pipe.set_progress_bar_config(disable=True)  # the training's own bar is on the terminal
     reference, poses = _validation_inputs(config, dataset)
     generator = torch.Generator(device="cpu").manual_seed(v.seed)
     output = pipe(
