@@ -16,9 +16,12 @@ import json
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
+from pose_bridge.backend_protocol import denoising_units
 from pose_bridge.cli_args import add_setting_arguments, number, whole
+from pose_bridge.job import JobPaths
 from pose_bridge.settings import GENERATION_SETTINGS, MAX_FPS, MAX_OUTPUT_SIDE, RUNTIME_SETTINGS
 
 
@@ -47,8 +50,7 @@ class ProgressBars:
                 tqdm.write(f"{stage}: {message}" if message else stage, file=sys.stderr)
         if stage == "denoising" and event.get("steps") and event.get("windows"):
             windows = int(event["windows"])
-            total = int(event["steps"]) * windows
-            done = (int(event["step"] or 1) - 1) * windows + int(event["window"] or 0)
+            done, total = denoising_units(event["step"], event["steps"], event["window"], windows)
             self._advance(total, done, f"denoising ({windows} window{'s' if windows > 1 else ''})", "step")
         elif stage == "decoding" and event.get("frames_total"):
             self._advance(int(event["frames_total"]), int(event["frames_done"] or 0), "decoding", "frame")
@@ -99,8 +101,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        where = result["video"] or "out/frames/"
-        print(f"{result['frames']} frames in {result['seconds']:.1f} s: {args.job_dir.rstrip('/')}/{where}")
+        paths = JobPaths(Path(args.job_dir))
+        where = paths.root / result["video"] if result["video"] else paths.frames
+        print(f"{result['frames']} frames in {result['seconds']:.1f} s: {where}")
     return 0
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from animate_backend.errors import InputError
 from pose_bridge.settings import CONTEXT_SCHEDULES
 
 
@@ -54,20 +55,40 @@ def _ramp(length: int) -> list[float]:
     return [(i + 1) / (length + 1) for i in range(length)]
 
 
+def check_context(
+    context_frames: int,
+    context_overlap: int,
+    schedule: str = "tapered",
+    names: tuple[str, str, str] = ("context_frames", "context_overlap", "context_schedule"),
+) -> None:
+    """Raise InputError unless windows can be made with these settings.
+
+    The one check of the window settings; `names` are the settings' names where the caller's
+    user gives them (the command line says --context-frames...). The pipeline adds the motion
+    modules' own limit on the window length.
+    """
+    frames_name, overlap_name, schedule_name = names
+    if context_frames < 1:
+        raise InputError(f"{frames_name} must be at least 1, got {context_frames}; 24 is the usual value")
+    if not 0 <= context_overlap < context_frames:
+        raise InputError(
+            f"{overlap_name} must be between 0 and {context_frames - 1} (less than {frames_name}), "
+            f"got {context_overlap}; 4 is the usual value"
+        )
+    if schedule not in CONTEXT_SCHEDULES:
+        raise InputError(
+            f"{schedule_name} must be one of {', '.join(CONTEXT_SCHEDULES)}, got {schedule!r}; "
+            "'tapered' is the default, 'loop' reproduces Moore-AnimateAnyone's windows"
+        )
+
+
 def context_windows(
     num_frames: int, context_frames: int, context_overlap: int, schedule: str = "tapered"
 ) -> list[ContextWindow]:
     """The windows covering frames 0..num_frames-1, in order, with their weights (`CONTEXT_SCHEDULES`)."""
-    if schedule not in CONTEXT_SCHEDULES:
-        raise ValueError(f"context schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {schedule!r}")
     if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-    if context_frames < 1:
-        raise ValueError(f"context_frames must be at least 1, got {context_frames}")
-    if not 0 <= context_overlap < context_frames:
-        raise ValueError(
-            f"context_overlap must be at least 0 and less than context_frames ({context_frames}), got {context_overlap}"
-        )
+        raise InputError(f"num_frames must be at least 1, got {num_frames}")
+    check_context(context_frames, context_overlap, schedule)
     if schedule == "loop":
         return loop_windows(num_frames, context_frames, context_overlap)
     return tapered_windows(num_frames, context_frames, context_overlap)

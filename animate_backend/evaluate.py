@@ -68,7 +68,8 @@ class Scores:
 
 def read_takes(manifest: str | Path, limit: int | None = None) -> list[Take]:
     """The held-out takes of a manifest (frame folders with keypoints, at least 2 frames each)."""
-    from animate_backend.train.data import IMAGE_SUFFIXES, read_manifest
+    from animate_backend.train.data import IMAGE_SUFFIXES
+    from animate_backend.train.manifest import read_manifest
     from pose_bridge.image_io import read_image
     from pose_bridge.openpose_json import load_poses
 

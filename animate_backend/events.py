@@ -12,9 +12,12 @@ decoding that follows is not included: it is a few percent of the work for the r
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from pose_bridge.backend_protocol import denoising_units
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -82,7 +85,7 @@ class ProgressTracker:
         The pipeline names its stages "reference", "denoise" and "decode" and reports 0 for
         counters that do not apply; events use the protocol's stage names and null. During
         denoising, `step` and `window` (both 1-based) say which window of which step has just
-        finished, so the finished units are (step - 1) * windows + window.
+        finished (pose_bridge.backend_protocol.denoising_units counts the finished units).
         """
         stage = PIPELINE_STAGES.get(str(info.get("stage")), str(info.get("stage")))
         counters = {key: info.get(key) for key in PROGRESS_KEYS[1:]}
@@ -92,11 +95,10 @@ class ProgressTracker:
         if not counters["frames_total"]:
             counters["frames_total"] = self.frames_total
         eta = None
-        step, steps = counters["step"], counters["steps"]
-        window, windows = counters["window"], counters["windows"]
-        if stage == "denoising" and steps and windows and step:
-            done = (int(step) - 1) * int(windows) + int(window or windows)
-            eta = self._clock(stage).eta(done, int(steps) * int(windows))
+        if stage == "denoising" and counters["step"]:
+            eta = self._clock(stage).eta(*denoising_units(
+                counters["step"], counters["steps"], counters["window"], counters["windows"]
+            ))
         elif stage == "reference":
             # Denoising follows the reference pass: time its first unit from here (this counts
             # the one-off reference encoding into the first unit, a small overestimate).
@@ -115,3 +117,35 @@ class ProgressTracker:
                 "decoding", message, frames_done=done_before + written, frames_total=self.frames_total, eta_s=eta
             )
         )
+
+
+def job_failure_event(exc: BaseException, job_dir: str | os.PathLike) -> dict[str, Any]:
+    """The protocol event (without the id) for a job that ended with `exc` instead of a result.
+
+    A cancel becomes `cancelled` with the frame files the job now holds; every other exception
+    an `error` of its kind: the backend's own errors carry theirs, pose_bridge's are bad jobs,
+    a device out of memory gets the one advice text, anything else is a crash to report.
+    """
+    from animate_backend.errors import BackendError, CancelledError, is_out_of_memory, out_of_memory_error
+    from animate_backend.job_folder import count_finished_frames
+    from pose_bridge.errors import PoseBridgeError
+
+    if isinstance(exc, CancelledError):
+        try:
+            frames_done = count_finished_frames(job_dir)
+        except OSError:
+            frames_done = 0
+        return {"type": "cancelled", "frames_done": frames_done}
+    if isinstance(exc, BackendError):
+        kind, message = exc.kind, str(exc)
+    elif isinstance(exc, PoseBridgeError):
+        kind, message = "bad_job", str(exc)
+    elif is_out_of_memory(exc):
+        kind, message = "out_of_memory", str(out_of_memory_error(exc))
+    else:
+        kind = "internal"
+        message = (
+            f"the backend crashed while running the job ({type(exc).__name__}: {exc}); the backend's "
+            f"log has the details, please report them"
+        )
+    return {"type": "error", "kind": kind, "message": message}

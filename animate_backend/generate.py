@@ -11,8 +11,8 @@ Keypoints are redrawn at the output resolution (nothing lost to resizing); skele
 to the pipeline as they are, through its aspect-preserving preprocessing. The output size
 defaults to the reference image's, rounded to multiples of 8.
 
-This calls the pipeline directly, with the job runner's denoise step, and streams the decoded
-frames into the video encoder chunk by chunk, so no frame files are written and memory stays
+This takes the same generation path as a job (sampling.py: denoise, then decode), streaming
+the decoded frames into the video encoder chunk by chunk, so no frame files are written and memory stays
 flat. The video is written to a temporary file and renamed, so a cancelled run (Ctrl-C) never
 leaves half a video. A job folder (`run`) is the way to keep frames and resume.
 """
@@ -20,7 +20,6 @@ leaves half a video. A job folder (`run`) is the way to keep frames and resume.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -30,12 +29,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from animate_backend.errors import InputError, OutOfMemoryError
+from animate_backend.context_windows import check_context
+from animate_backend.errors import InputError, is_out_of_memory, out_of_memory_error
 from animate_backend.events import EventCallback, ProgressTracker
-from animate_backend.job_runner import (
-    OOM_ADVICE, UNTRAINED_NOTE, PipelineCache, decode_chunk, denoise, is_out_of_memory, prepare_poses,
-)
-from pose_bridge.settings import CONTEXT_SCHEDULES, MAX_FPS, MAX_OUTPUT_SIDE, MAX_SEED, MAX_STEPS, JobSettings
+from animate_backend.pipeline_cache import PipelineCache
+from animate_backend.pose_input import prepare_poses
+from animate_backend.sampling import decoded_frames, denoise
+from pose_bridge.settings import MAX_OUTPUT_SIDE, JobSettings, check_value
 from pose_bridge.keypoints import PoseSequence
 
 logger = logging.getLogger(__name__)
@@ -129,26 +129,16 @@ def check_settings(
     context_frames: int, context_overlap: int, fps: float | None, context_schedule: str = "tapered",
 ) -> None:
     """Raise InputError naming the first option that is out of range (the command line's names)."""
-    for name, value in (("--width", width), ("--height", height)):
-        if value is not None and not 8 <= value <= MAX_OUTPUT_SIDE:
-            raise InputError(f"{name} must be between 8 and {MAX_OUTPUT_SIDE} pixels, got {value}")
-    if not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
-    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
-        raise InputError(f"--guidance must be a number of at least 0 (1 turns guidance off), got {guidance_scale}")
-    if not 0 <= seed <= MAX_SEED:
-        raise InputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
-    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
-        raise InputError(f"--fps must be a number above 0 and at most {MAX_FPS:g}, got {fps}")
-    if context_frames < 1:
-        raise InputError(f"--context-frames must be at least 1, got {context_frames}")
-    if not 0 <= context_overlap < context_frames:
-        raise InputError(
-            f"--context-overlap must be between 0 and --context-frames minus one ({context_frames - 1}), "
-            f"got {context_overlap}"
-        )
-    if context_schedule not in CONTEXT_SCHEDULES:
-        raise InputError(f"--context-schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {context_schedule!r}")
+    for name, value, option in (("width", width, "--width"), ("height", height, "--height"),
+                                ("steps", steps, "--steps"), ("guidance_scale", guidance_scale, "--guidance"),
+                                ("seed", seed, "--seed"), ("fps", fps, "--fps")):
+        problem = check_value(name, value, option) if value is not None else ""
+        if not problem and name == "fps" and value is not None and not value > 0:
+            problem = f"--fps must be a number above 0, got {value}"
+        if problem:
+            raise InputError(problem)
+    check_context(context_frames, context_overlap, context_schedule,
+                  names=("--context-frames", "--context-overlap", "--context-schedule"))
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -227,6 +217,8 @@ def generate(
     tracker.stage("loading", f"loading model {model}")
     loaded = (pipelines if pipelines is not None else PipelineCache()).get(model, device, precision)
     if loaded.untrained:
+        from animate_backend.loading import UNTRAINED_NOTE
+
         logger.warning("UNTRAINED model: %s", UNTRAINED_NOTE)
     tracker.stage("preparing", f"{num_frames} frames from {driving.kind} at {width}x{height}")
     pose_input: Any = prepare_poses(driving.poses, width, height) if driving.poses is not None else driving.images
@@ -239,22 +231,16 @@ def generate(
         )
         tracker.restart_clock("decoding")
 
-        from animate_backend.pipeline import default_decode_chunk_size
-
-        def decoded_frames() -> Iterator[np.ndarray]:
+        def frames() -> Iterator[np.ndarray]:
             # The encoder pulls frames; each chunk is decoded when it is needed.
-            written = 0
-            chunk_size = default_decode_chunk_size(loaded.pipe.vae.device)
-            for a in range(0, num_frames, chunk_size):
-                for frame in decode_chunk(loaded.pipe, latents, a, min(a + chunk_size, num_frames)):
-                    yield frame
-                    written += 1
-                    tracker.decoded(written, num_frames)
+            for written, (_, frame) in enumerate(decoded_frames(loaded.pipe, latents, range(num_frames)), 1):
+                yield frame
+                tracker.decoded(written, num_frames)
 
-        write_video(out, decoded_frames(), driving.fps)
+        write_video(out, frames(), driving.fps)
     except Exception as exc:
         if is_out_of_memory(exc):
-            raise OutOfMemoryError(f"{OOM_ADVICE} ({width}x{height}, {context_frames}-frame window)") from exc
+            raise out_of_memory_error(exc, width, height, context_frames) from exc
         raise
     tracker.stage("done", f"wrote {out}", frames_done=num_frames)
     return {

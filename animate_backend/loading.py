@@ -39,6 +39,19 @@ HOW_TO_GET = (
 )
 
 
+UNTRAINED_NOTE = (
+    "the model has random, UNTRAINED weights (the tiny test pipeline or a make-tiny folder): its "
+    "frames only show that the plumbing works; use a converted model folder for real output"
+)
+
+
+def untrained_without_loading(model: str) -> bool:
+    """Whether `model` ("tiny" or a folder) has random weights, told without loading it."""
+    from animate_backend.pipeline import UNTRAINED_MARKER
+
+    return model == "tiny" or (Path(model).expanduser() / UNTRAINED_MARKER).exists()
+
+
 # Bytes read from each end of every file of a model folder for its digest.
 DIGEST_SAMPLE_BYTES = 64 * 1024
 

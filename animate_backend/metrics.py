@@ -89,10 +89,3 @@ def temporal_error(generated: torch.Tensor, truth: torch.Tensor) -> float:
     if generated.shape[0] < 2:
         return 0.0
     return float(((generated[1:] - generated[:-1]) - (truth[1:] - truth[:-1])).abs().mean())
-
-
-def frame_change(frames: torch.Tensor) -> float:
-    """Mean absolute change from one frame to the next, (F, 3, H, W)."""
-    if frames.shape[0] < 2:
-        return 0.0
-    return float((frames[1:] - frames[:-1]).abs().mean())

@@ -1,5 +1,8 @@
 """AnimateAnyonePipeline: reference image + skeleton sequence -> video (paper section 3, 4.1).
 
+(Longer than our other modules on purpose: it is one concept, the pipeline with its own input
+preparation and decoding, kept in one file to read top to bottom as diffusers' pipelines do.)
+
 Reads top to bottom like a diffusers pipeline:
 
 1. Inputs are checked and preprocessed. The reference image and every skeleton are fitted
@@ -19,7 +22,12 @@ Reads top to bottom like a diffusers pipeline:
 4. The VAE decodes the final latents in chunks; each chunk is handed to `on_frames` as soon as
    it exists, so with `output_type=None` no decoded frame is kept and memory does not grow with
    the video's length (host memory holds the latents and the skeletons: about 1.2 MB per frame
-   at 512x768).
+   at 512x768). Decoded chunks go through diffusers' VideoProcessor; VAE slicing and tiling
+   (`enable_vae_slicing`, `enable_vae_tiling`) apply to each chunk.
+
+diffusers' switches work as on its own pipelines: `enable_model_cpu_offload()` and
+`enable_sequential_cpu_offload()` (the models are freed again after each call),
+`callback_on_step_end` with `interrupt`, and `set_progress_bar_config`.
 
 Example::
 
@@ -43,14 +51,16 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNetMotionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
-from animate_backend.context_windows import CONTEXT_SCHEDULES, context_windows
-from animate_backend.errors import CancelledError, InputError, OutOfMemoryError
+from animate_backend.context_windows import check_context, context_windows
+from animate_backend.errors import CancelledError, InputError, is_out_of_memory, out_of_memory_error
 from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
 from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
@@ -226,6 +236,15 @@ class AnimateAnyonePipeline(DiffusionPipeline):
     # True for random weights (make-tiny): callers must label any output as untrained.
     is_untrained = False
 
+    # diffusers' offloading (enable_model_cpu_offload) moves one model at a time to the device,
+    # in the order a call uses them; the VAE comes last so the UNet leaves before decoding (the
+    # VAE's reference encoding early on just keeps it on the device, it is small).
+    model_cpu_offload_seq = "image_encoder->reference_unet->pose_guider->denoising_unet->vae"
+    # Every component is needed: a missing one is an error when loading, never a silent None.
+    _optional_components: list[str] = []
+    # What callback_on_step_end may read and replace after each step.
+    _callback_tensor_inputs = ["latents"]
+
     def __init__(
         self,
         vae: AutoencoderKL,
@@ -256,8 +275,33 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         set_motion_norm(denoising_unet, motion_norm)
         self.register_to_config(motion_norm=motion_norm)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._interrupt = False
         self.reference_bank: ReferenceBank = install_reference_attention(reference_unet, denoising_unet)
         self.pose_injector = PoseFeatureInjector(denoising_unet)
+
+    # -- diffusers' switches
+
+    @property
+    def interrupt(self) -> bool:
+        """True once a callback_on_step_end set `pipe._interrupt = True`: the remaining steps are
+        skipped and the latents so far are decoded (diffusers' convention). `should_cancel`
+        stops harder: within one window, with CancelledError and nothing decoded."""
+        return self._interrupt
+
+    def enable_vae_slicing(self) -> None:
+        """Decode one frame at a time within each decode chunk: less memory, a little slower."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Decode (and encode) in overlapping tiles, for sizes whose whole frames do not fit."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
 
     # -- saving and loading: the untrained marker travels with the folder
 
@@ -412,24 +456,28 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         if latents.ndim != 5 or latents.shape[0] != 1:
             raise InputError(f"latents to decode must be (1, 4, F, h, w), got shape {tuple(latents.shape)}")
         total = latents.shape[2]
-        chunk_size = chunk_size or default_decode_chunk_size(self.vae.device)
+        # The execution device, not vae.device: with model offloading the VAE waits on the CPU.
+        device = self._execution_device
+        chunk_size = chunk_size or default_decode_chunk_size(device)
         kept: list = []
         for start in range(0, total, chunk_size):
             if should_cancel is not None and should_cancel():
                 raise CancelledError(f"cancelled while decoding, after {start} of {total} frames")
-            chunk = latents[0, :, start : start + chunk_size].permute(1, 0, 2, 3)
-            chunk = chunk.to(device=self.vae.device, dtype=self.vae.dtype) / self.vae.config.scaling_factor
-            images = (self.vae.decode(chunk).sample.float() / 2 + 0.5).clamp(0, 1)  # (n, 3, H, W)
-            if on_frames is not None or output_type in ("pil",):
-                uint8 = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            if on_frames is not None:
-                on_frames(start, uint8)
-            if output_type == "np":
-                kept.append(images.permute(0, 2, 3, 1).cpu().numpy())
-            elif output_type == "pt":
-                kept.append(images.cpu())
-            elif output_type == "pil":
-                kept.extend(PIL.Image.fromarray(frame) for frame in uint8)
+            if on_frames is not None or output_type is not None:
+                video = self.decode_latents(latents[:, :, start : start + chunk_size], device)
+                frames = self.video_processor.postprocess_video(video, output_type="pt" if output_type == "pt" else "np")[0]
+                del video  # the decoded chunk goes before the next one is decoded: memory stays flat
+                if output_type == "pt":
+                    frames = frames.cpu()
+                    kept.append(frames)
+                    frames = frames.permute(0, 2, 3, 1).numpy()
+                elif output_type == "np":
+                    kept.append(frames)
+                uint8 = (frames * 255).round().astype(np.uint8)  # (n, H, W, 3), as VaeImageProcessor rounds
+                if on_frames is not None:
+                    on_frames(start, uint8)
+                if output_type == "pil":
+                    kept.extend(PIL.Image.fromarray(frame) for frame in uint8)
             if on_progress is not None:
                 done = min(start + chunk_size, total)
                 on_progress(_progress("decode", frames_done=done, frames_total=total))
@@ -441,11 +489,22 @@ class AnimateAnyonePipeline(DiffusionPipeline):
             return torch.cat(kept)[None]
         return [kept]
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """VAE decode of latents (1, 4, n, h, w): a float32 video (1, 3, n, H, W) in [-1, 1].
+
+        The frames go through the VAE as one batch, so VAE slicing (one frame at a time) and
+        tiling apply.
+        """
+        frames = latents[0].permute(1, 0, 2, 3).to(device=device, dtype=self.vae.dtype) / self.vae.config.scaling_factor
+        images = self.vae.decode(frames).sample.float()  # (n, 3, H, W)
+        return images.permute(1, 0, 2, 3)[None]
+
     # -- the call
 
     def check_inputs(
         self, height, width, num_frames, num_poses, context_frames, context_overlap, output_type, latents,
-        num_inference_steps=1, context_schedule="tapered",
+        num_inference_steps=1, context_schedule="tapered", callback_on_step_end_tensor_inputs=None,
     ):
         multiple = self.vae_scale_factor * 2 ** (len(self.denoising_unet.config.block_out_channels) - 1)
         if height <= 0 or width <= 0 or height % 8 or width % 8:
@@ -467,20 +526,16 @@ class AnimateAnyonePipeline(DiffusionPipeline):
                 f"context_frames must be between 1 and {self.motion_context_limit} (the motion modules' "
                 f"positional-encoding length), got {context_frames}; 24 is the usual value"
             )
-        if not 0 <= context_overlap < context_frames:
-            raise InputError(
-                f"context_overlap must be at least 0 and less than context_frames ({context_frames}), "
-                f"got {context_overlap}; 4 is the usual value"
-            )
-        if context_schedule not in CONTEXT_SCHEDULES:
-            raise InputError(
-                f"context_schedule must be one of {', '.join(CONTEXT_SCHEDULES)}, got {context_schedule!r}; "
-                "'tapered' is the default, 'loop' reproduces Moore-AnimateAnyone's windows"
-            )
+        check_context(context_frames, context_overlap, context_schedule)
         if num_inference_steps < 1:
             raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}; 20-30 is usual")
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs or () if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise InputError(
+                f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, got {unknown}"
+            )
         if latents is not None:
             factor = self.vae_scale_factor  # 8 for SD's VAE; smaller VAEs (the demo model's: 4) differ
             expected = (1, self.denoising_unet.config.in_channels, num_poses, height // factor, width // factor)
@@ -510,6 +565,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         draw_face: bool = True,
         *,
         reference_in_uncond: bool = False,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         eta: float = 0.0,
         decode_chunk_size: int | None = None,
         context_schedule: str = "tapered",
@@ -528,45 +584,54 @@ class AnimateAnyonePipeline(DiffusionPipeline):
             context_schedule: "tapered" (no wrap, cross-faded overlaps) or "loop" (Moore's released
                 windows: the last one wraps onto the first frames, plain per-frame mean).
             output_type: "pil", "np", "pt", "latent", or None (frames only go to on_frames).
-            callback_on_step_end: diffusers-style `f(pipe, step, timestep, {"latents": ...}) -> dict`;
-                a returned "latents" replaces the latents.
-            on_progress: called with {stage, step, steps, window, windows, frames_done, frames_total}.
+            callback_on_step_end: diffusers-style `f(pipe, step, timestep, callback_kwargs) -> dict` after
+                each step (or a diffusers PipelineCallback); callback_kwargs holds the tensors named
+                in `callback_on_step_end_tensor_inputs` (default ["latents"]), and a returned
+                "latents" replaces the latents. Setting `pipe._interrupt = True` in it skips the
+                remaining steps (`interrupt`).
+            on_progress: called with {stage, step, steps, window, windows, frames_done, frames_total}
+                after every window of every step (the same count drives `self.progress_bar`),
+                and after every decoded chunk.
             on_frames: `f(first_index, uint8 (n, H, W, 3))` as decoded chunks become final.
-            should_cancel: checked between windows and decode chunks; True raises CancelledError.
+            should_cancel: checked before every window and decode chunk; True raises CancelledError
+                (a cancel stops within one window, where `interrupt` waits for the step's end).
             draw_hands, draw_face: which parts of a PoseSequence to draw.
             reference_in_uncond: also give the unconditional branch reference attention (with a
                 zero-CLIP reference), as some other releases do. Off matches Moore's weights.
             eta: DDIM eta (ignored by schedulers without it).
             decode_chunk_size: frames per VAE decode (default: 2 on the CPU, 8 on accelerators).
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         skeletons = draw_skeletons(poses, width, height, draw_hands, draw_face) if _size_ok(width, height) else None
         self.check_inputs(
             height, width, num_frames, 0 if skeletons is None else len(skeletons),
             context_frames, context_overlap, output_type, latents, num_inference_steps, context_schedule,
+            callback_on_step_end_tensor_inputs,
         )
+        self._interrupt = False
         try:
             return self._generate(
                 reference_image, skeletons, height, width, num_inference_steps, guidance_scale, generator,
-                latents, context_frames, context_overlap, output_type, callback_on_step_end, on_progress,
-                on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size, context_schedule,
+                latents, context_frames, context_overlap, output_type, callback_on_step_end,
+                callback_on_step_end_tensor_inputs, on_progress, on_frames, should_cancel, reference_in_uncond,
+                eta, decode_chunk_size, context_schedule,
             )
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            # CUDA raises OutOfMemoryError; MPS and some CPU allocators a RuntimeError saying so.
-            if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(exc):
                 raise
-            raise OutOfMemoryError(
-                f"the device ran out of memory generating {width}x{height} with {context_frames}-frame windows; "
-                "try smaller windows (context_frames 16 or 12), a smaller size, or fp16 precision, "
-                "and close other programs using the GPU"
-            ) from exc
+            raise out_of_memory_error(exc, width, height, context_frames) from exc
         finally:
             self.reference_bank.clear()
             self.pose_injector.clear()
+            # With model offloading: every model back to the CPU, memory freed (a no-op otherwise).
+            self.maybe_free_model_hooks()
 
     def _generate(
         self, reference_image, skeletons, height, width, num_inference_steps, guidance_scale, generator,
-        latents, context_frames, context_overlap, output_type, callback_on_step_end, on_progress,
-        on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size, context_schedule,
+        latents, context_frames, context_overlap, output_type, callback_on_step_end, callback_tensor_inputs,
+        on_progress, on_frames, should_cancel, reference_in_uncond, eta, decode_chunk_size, context_schedule,
     ) -> AnimateAnyoneOutput:
         device = self._execution_device
         total = len(skeletons)
@@ -605,25 +670,31 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         for frames, weights in zip(window_frames, window_weights):
             weight_sum.index_add_(2, frames, weights)
         pose_features = self.video_pose_features(skeletons, device, context_frames)
-        for step, timestep in enumerate(timesteps):
-            noise_sum = torch.zeros_like(latents)
-            for index, window in enumerate(windows):
-                if should_cancel is not None and should_cancel():
-                    raise CancelledError(
-                        f"cancelled at step {step + 1} of {len(timesteps)}, window {index + 1} of {len(windows)}"
+        with self.progress_bar(total=len(timesteps) * len(windows)) as progress_bar:
+            for step, timestep in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                noise_sum = torch.zeros_like(latents)
+                for index, window in enumerate(windows):
+                    if should_cancel is not None and should_cancel():
+                        raise CancelledError(
+                            f"cancelled at step {step + 1} of {len(timesteps)}, window {index + 1} of {len(windows)}"
+                        )
+                    frames = window_frames[index]
+                    noise = self.predict_noise(
+                        latents.index_select(2, frames), timestep,
+                        pose_features.index_select(2, torch.tensor(window.frames)), clip_embeds,
+                        guidance_scale, reference_in_uncond,
                     )
-                frames = window_frames[index]
-                noise = self.predict_noise(
-                    latents.index_select(2, frames), timestep,
-                    pose_features.index_select(2, torch.tensor(window.frames)), clip_embeds,
-                    guidance_scale, reference_in_uncond,
-                )
-                noise_sum.index_add_(2, frames, noise * window_weights[index])
-                report(_progress("denoise", step + 1, len(timesteps), index + 1, len(windows), 0, total))
-            latents = self.scheduler.step(noise_sum / weight_sum, timestep, latents, **step_kwargs).prev_sample
-            if callback_on_step_end is not None:
-                returned = callback_on_step_end(self, step, timestep, {"latents": latents}) or {}
-                latents = returned.get("latents", latents)
+                    noise_sum.index_add_(2, frames, noise * window_weights[index])
+                    progress_bar.update()
+                    report(_progress("denoise", step + 1, len(timesteps), index + 1, len(windows), 0, total))
+                latents = self.scheduler.step(noise_sum / weight_sum, timestep, latents, **step_kwargs).prev_sample
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents}  # _callback_tensor_inputs
+                    callback_kwargs = {name: tensors[name] for name in callback_tensor_inputs}
+                    returned = callback_on_step_end(self, step, timestep, callback_kwargs) or {}
+                    latents = returned.get("latents", latents)
         self.reference_bank.clear()
 
         # 4. decode, streaming.

@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import IO, Any
 
-from animate_backend.errors import BackendError, CancelledError
-from animate_backend.job_runner import OOM_ADVICE, PipelineCache, count_finished_frames, is_out_of_memory, run_job
+from animate_backend.errors import CancelledError
+from animate_backend.events import job_failure_event
+from animate_backend.job_runner import PipelineCache, run_job
 from pose_bridge.backend_protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, valid_id, validate_request
-from pose_bridge.errors import PoseBridgeError
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class Server:
 
     def _run(self, job: _Job) -> None:
         if job.cancel.is_set():
-            self.send({"type": "cancelled", "id": job.id, "frames_done": _finished(job.job_dir)})
+            self.send({**job_failure_event(CancelledError("cancelled before it started"), job.job_dir), "id": job.id})
             return
         logger.info("job %s started", job.id)
         try:
@@ -225,25 +225,13 @@ class Server:
                 on_event=lambda event: self.send({**event, "id": job.id}),
                 should_cancel=job.cancel.is_set,
             )
-        except CancelledError:
-            logger.info("job %s cancelled", job.id)
-            self.send({"type": "cancelled", "id": job.id, "frames_done": _finished(job.job_dir)})
-        except BackendError as exc:
-            logger.info("job %s failed: %s", job.id, exc)
-            self.error(job.id, exc.kind, str(exc))
-        except PoseBridgeError as exc:
-            logger.info("job %s failed: %s", job.id, exc)
-            self.error(job.id, "bad_job", str(exc))
         except Exception as exc:  # noqa: BLE001 - a crash in one job must not end the server
-            if is_out_of_memory(exc):
-                self.error(job.id, "out_of_memory", f"{OOM_ADVICE} ({exc})")
-            else:
+            event = job_failure_event(exc, job.job_dir)
+            if event.get("kind") == "internal":
                 logger.error("job %s crashed:\n%s", job.id, traceback.format_exc())
-                self.error(
-                    job.id, "internal",
-                    f"the backend crashed while running the job ({type(exc).__name__}: {exc}); the "
-                    f"server's log (stderr) has the details, please report them",
-                )
+            else:
+                logger.info("job %s %s: %s", job.id, event["type"], event.get("message", ""))
+            self.send({**event, "id": job.id})
         else:
             logger.info("job %s done in %.1f s", job.id, result.get("seconds", 0.0))
             self.send({"type": "done", "id": job.id, "result": result})
@@ -255,13 +243,6 @@ def _echo_id(request: dict[str, Any] | None) -> Any:
         return None
     job_id = request.get("id")
     return job_id if valid_id(job_id) else None
-
-
-def _finished(job_dir: str) -> int:
-    try:
-        return count_finished_frames(job_dir)
-    except OSError:
-        return 0
 
 
 def serve(stdin: IO[str] | None = None, stdout: IO[str] | None = None, pipelines: PipelineCache | None = None) -> int:

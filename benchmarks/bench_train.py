@@ -27,12 +27,9 @@ from training_clips import make_clip, write_json_manifest  # noqa: E402  (the te
 from animate_backend.train.config import load_config  # noqa: E402
 from animate_backend.train.data import AnimateAnyoneDataset  # noqa: E402
 from animate_backend.train.modules import AnimateAnyoneTrainingModule  # noqa: E402
-from animate_backend.train.trainer import (  # noqa: E402
-    build_stage_models,
-    micro_step_generator,
-    set_trainable,
-    training_loss,
-)
+from animate_backend.train.loop import micro_step_generator  # noqa: E402
+from animate_backend.train.models import build_stage_models, set_trainable  # noqa: E402
+from animate_backend.train.trainer import training_loss  # noqa: E402
 
 
 def bench_stage(stage: int, manifest: Path, args) -> list[float]:

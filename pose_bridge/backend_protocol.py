@@ -47,6 +47,24 @@ REQUEST_FIELDS: dict[str, tuple[str, ...]] = {
     "shutdown": (),
 }
 # A job id is echoed in every event of its job: a short string or a whole number.
+
+
+def denoising_units(step: int | None, steps: int | None, window: int | None, windows: int | None) -> tuple[int, int]:
+    """(units done, units in all) of the denoising stage from a progress event's counters.
+
+    A unit is one window of one step, and every unit costs about the same. `step` and `window`
+    (1-based) name the window that has just finished, so (step - 1) * windows + window units
+    are done; a missing window counts the step as finished, a missing step as the first.
+    (0, 0) when the totals are not known yet.
+    """
+    if not steps:
+        return 0, 0
+    windows = max(1, int(windows or 1))
+    total = int(steps) * windows
+    done = max(0, int(step or 1) - 1) * windows + int(window or windows)
+    return min(done, total), total
+
+
 MAX_ID_LENGTH = 200
 MAX_PATH_LENGTH = 4096
 

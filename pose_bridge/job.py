@@ -81,6 +81,18 @@ class JobPaths:
         """Output frame file of the index-th generated frame (0-based): out/frames/0001.png..."""
         return self.frames / f"{index + 1:04d}.png"
 
+    @property
+    def reference_pose(self) -> Path:
+        """The reference character's skeleton (an OpenPose frame file in reference.png's pixels),
+        which retargeting needs; the add-on writes it, `pose_bridge detect` makes one for an image."""
+        return self.root / "reference_pose.json"
+
+    def frame_files(self) -> list[Path]:
+        """The output frame files out/frames/ holds now, in frame order (other files are ignored)."""
+        if not self.frames.is_dir():
+            return []
+        return sorted(p for p in self.frames.glob("[0-9][0-9][0-9][0-9]*.png") if p.stem.isdigit())
+
 
 def write_settings(job_dir: Path, settings: JobSettings) -> Path:
     settings.validate()

@@ -146,18 +146,10 @@ class JobSettings:
         """Raise JobError naming every problem at once, each with what to do."""
         problems = []
         # Ranges and choices, from each setting's declaration.
-        for name, info in SETTINGS.items():
-            value, words = getattr(self, name), name.replace("_", " ")
-            if info.choices and value not in info.values:
-                problems.append(f"{words} must be one of {', '.join(info.values)}, got {value!r}")
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                if not math.isfinite(value):
-                    problems.append(f"{words} must be a finite number, got {value}")
-                elif (info.minimum is not None and value < info.minimum) or (
-                    info.maximum is not None and value > info.maximum
-                ):
-                    whole = isinstance(default_of(name), int)
-                    problems.append(f"{words} must be {range_text(info, whole)}, got {value}")
+        for name in SETTINGS:
+            problem = check_value(name, getattr(self, name))
+            if problem:
+                problems.append(problem)
         # What one setting alone cannot say.
         if self.width % 8 or self.height % 8:
             problems.append(
@@ -228,6 +220,23 @@ CONTEXT_SCHEDULES = SETTINGS["context_schedule"].values
 RETARGET_MODES = SETTINGS["retarget"].values
 DEVICES = SETTINGS["device"].values
 PRECISIONS = SETTINGS["precision"].values
+
+
+def check_value(name: str, value: Any, label: str = "") -> str:
+    """What is wrong with `value` for the setting `name` ("" when nothing), by its declaration.
+
+    label names the setting in the message (default: its name in words, "guidance scale";
+    a command line passes its option, "--guidance").
+    """
+    info, words = SETTINGS[name], label or name.replace("_", " ")
+    if info.choices:
+        return "" if value in info.values else f"{words} must be one of {', '.join(info.values)}, got {value!r}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return f"{words} must be a finite number, got {value}"
+        if (info.minimum is not None and value < info.minimum) or (info.maximum is not None and value > info.maximum):
+            return f"{words} must be {range_text(info, isinstance(default_of(name), int))}, got {value}"
+    return ""
 
 
 def default_of(name: str) -> Any:

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TextIO
 
-from animate_backend.farm.runner import ShotState
+from animate_backend.farm.state import ShotState
 
 
 def frames_totals(states: list[ShotState]) -> tuple[int, int, bool]:

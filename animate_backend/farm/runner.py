@@ -19,133 +19,23 @@ Faults:
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from pose_bridge.errors import PoseBridgeError
-from pose_bridge.job import read_settings
+from pose_bridge.job import JobPaths, read_settings
 
 from animate_backend.farm import shots as shot_files
+from animate_backend.farm.actors import Slot, check_cpus, cluster_gpus, is_lost_worker, make_generator
 from animate_backend.farm.shots import Shot
+from animate_backend.farm.state import FarmOptions, ShotState, UpdateCallback
 
 logger = logging.getLogger(__name__)
 
-TERMINAL = ("done", "skipped", "failed", "cancelled")
 # Seconds to wait for running generations to stop after a Ctrl-C before ending their actors.
 CANCEL_GRACE_S = 30.0
-
-
-@dataclass
-class FarmOptions:
-    """How to run a shot list; everything but `model` and `out` has a working default."""
-
-    out: Path
-    model: str
-    shot_options: list[str] = field(default_factory=list)  # blender_addon.cli options for every shot
-    address: str | None = None  # None: start a local Ray; "auto": join the cluster started with `ray start`
-    blender: str = ""  # a Blender executable for exports (default: the bpy module of the workers' Python)
-    blender_python: str = ""  # the Python with the bpy module (default: the workers' own)
-    addon_cli: str = ""  # cli.py for `blender -P` (default: the installed blender_addon's)
-    actors: int = 0  # generation actors; 0: one per GPU in the cluster, or one CPU actor without GPUs
-    cpus_per_actor: int = 1  # CPUs a CPU-only actor reserves (and its torch threads)
-    retries: int = 2  # extra attempts after a lost worker
-    poll_s: float = 0.5  # how often progress is read from the actors
-    worker_logs: bool = False  # show the workers' own output in this terminal
-
-
-@dataclass
-class ShotState:
-    """Where one shot stands; `on_update` callbacks get the list of these."""
-
-    shot: Shot
-    status: str = "pending"  # pending, exporting, queued, generating, done, skipped, failed, cancelled
-    detail: str = ""  # the video written, or why the shot failed
-    stage: str = ""  # the backend's stage while generating (loading, denoising, decoding...)
-    frames_total: int | None = None
-    frames_done: int = 0
-    attempts: int = 0  # generation attempts started
-    export_attempts: int = 0
-    worker: str = ""  # "pid 1234 on host" of the actor generating it
-    worker_pid: int | None = None
-    seconds: float = 0.0  # generation time of the attempt that finished
-    blend_sha256: str = ""
-    fingerprint: str = ""
-    result: dict[str, Any] | None = None
-
-    @property
-    def name(self) -> str:
-        return self.shot.name
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL
-
-
-UpdateCallback = Callable[[list[ShotState]], None]
-
-
-@dataclass
-class _Slot:
-    """One generation actor and what it is doing."""
-
-    handle: Any
-    identity_ref: Any = None
-    identity: dict[str, Any] | None = None  # {"pid", "host", "gpus"} once the actor has answered
-    state: ShotState | None = None
-    run_ref: Any = None
-    progress_ref: Any = None
-    started: float = 0.0
-
-
-def cluster_gpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
-def _check_cpus(cpus: int) -> None:
-    """A CPU-only actor must fit on one node, or it would wait for room forever."""
-    import ray
-
-    from animate_backend.farm.shots import FarmError
-
-    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
-    if cpus > largest:
-        raise FarmError(f"--cpus-per-actor {cpus} is more than any node of the cluster has ({largest:g} CPUs)")
-
-
-@functools.lru_cache(maxsize=None)
-def _generator_class():
-    import ray
-
-    from animate_backend.farm.workers import Generator
-
-    return ray.remote(Generator)
-
-
-def make_generator(gpu: bool, cpus: int):
-    """A fresh Generator actor: one GPU each, or `cpus` CPUs (and as many torch threads)."""
-    # max_concurrency=2: progress() and cancel() are answered while run() works.
-    # No automatic restarts: a lost actor is replaced by the driver, which also requeues its job.
-    actor = _generator_class().options(
-        num_gpus=1 if gpu else 0, num_cpus=1 if gpu else cpus, max_concurrency=2, max_restarts=0,
-    )
-    return actor.remote(0 if gpu else cpus)
-
-
-def _lost(exc: BaseException) -> bool:
-    """True when a Ray error means the worker was lost (not that the job failed)."""
-    import ray.exceptions as rex
-
-    lost_types = tuple(
-        getattr(rex, name) for name in ("RayActorError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError")
-        if hasattr(rex, name)
-    )
-    return isinstance(exc, lost_types)
 
 
 class Farm:
@@ -161,7 +51,7 @@ class Farm:
         self.on_message = on_message or logger.info
         self.exports: dict[Any, ShotState] = {}  # export ref -> shot
         self.queue: list[ShotState] = []
-        self.slots: list[_Slot | None] = []
+        self.slots: list[Slot | None] = []
         self.gpu = False
         self.cancelled = False
         self._prepared = False
@@ -185,7 +75,7 @@ class Farm:
         self.prepare()
         self.gpu = cluster_gpus() > 0
         if not self.gpu:
-            _check_cpus(self.options.cpus_per_actor)
+            check_cpus(self.options.cpus_per_actor)
         count = self.options.actors or (cluster_gpus() if self.gpu else 1)
         self.slots = [None] * max(1, count)
         try:
@@ -274,14 +164,14 @@ class Farm:
         else:
             self.queue.append(state)
 
-    def _slot(self, index: int) -> _Slot:
+    def _slot(self, index: int) -> Slot:
         """The actor of slot index, started now if it has none (it loads its model on its first job)."""
         slot = self.slots[index]
         if slot is None:
             handle = make_generator(self.gpu, self.options.cpus_per_actor)
             # Asked now, read when it has answered: waiting here would hang on an actor that
             # cannot be placed yet (more actors asked for than the cluster has room for).
-            slot = self.slots[index] = _Slot(handle, identity_ref=handle.identity.remote())
+            slot = self.slots[index] = Slot(handle, identity_ref=handle.identity.remote())
         return slot
 
     def _assign(self) -> None:
@@ -303,7 +193,7 @@ class Farm:
             self._notify()
 
     @staticmethod
-    def _read_identity(slot: _Slot) -> None:
+    def _read_identity(slot: Slot) -> None:
         """Learn which process the slot's actor is, if it has answered (never waits)."""
         import ray
 
@@ -316,7 +206,7 @@ class Farm:
         Farm._show_worker(slot)
 
     @staticmethod
-    def _show_worker(slot: _Slot) -> None:
+    def _show_worker(slot: Slot) -> None:
         if slot.state is None or slot.identity is None:
             return
         identity = slot.identity
@@ -326,7 +216,7 @@ class Farm:
         slot.state.worker_pid = int(identity["pid"])
 
     def _generation_finished(
-        self, index: int, slot: _Slot, outcome: dict[str, Any] | None, lost: BaseException | None
+        self, index: int, slot: Slot, outcome: dict[str, Any] | None, lost: BaseException | None
     ) -> None:
         state = slot.state
         assert state is not None
@@ -363,7 +253,7 @@ class Farm:
 
     # ------------------------------------------------------------------ waiting
 
-    def _running(self) -> list[tuple[int, _Slot]]:
+    def _running(self) -> list[tuple[int, Slot]]:
         return [(i, slot) for i, slot in enumerate(self.slots) if slot is not None and slot.run_ref is not None]
 
     def _wait(self) -> None:
@@ -393,7 +283,7 @@ class Farm:
                     try:
                         outcome, lost = ray.get(ref), None
                     except Exception as exc:
-                        if not _lost(exc):
+                        if not is_lost_worker(exc):
                             raise
                         outcome, lost = None, exc
                     self._generation_finished(index, slot, outcome, lost)
@@ -451,7 +341,7 @@ class Farm:
                 try:
                     outcome = ray.get(ready[0]) if ready else None
                 except Exception as exc:
-                    if not _lost(exc):
+                    if not is_lost_worker(exc):
                         raise
                     outcome = None
                 if outcome is not None and outcome.get("ok"):  # it finished before the cancel arrived
@@ -463,7 +353,7 @@ class Farm:
                 state.status = "cancelled"
                 state.detail = state.detail or "cancelled; the frames made so far are kept"
 
-    def _kill(self, slot: _Slot) -> None:
+    def _kill(self, slot: Slot) -> None:
         import ray
 
         try:
@@ -511,7 +401,7 @@ def run_farm(
 
 def _where(job_dir: Path, result: dict[str, Any]) -> str:
     video = result.get("video")
-    where = str(job_dir / video) if video else str(job_dir / "out" / "frames")
+    where = str(job_dir / video) if video else str(JobPaths(job_dir).frames)
     return where + (" (UNTRAINED model)" if result.get("untrained") else "")
 
 

@@ -115,7 +115,7 @@ def _stop(process: subprocess.Popen) -> None:
 class Generator:
     """A generation worker: one model kept loaded, one job at a time.
 
-    Made a Ray actor by the driver (see runner.make_generator) with num_gpus=1 on GPU clusters.
+    Made a Ray actor by the driver (see actors.make_generator) with num_gpus=1 on GPU clusters.
     `run` blocks for a job; `progress`, `cancel` and `identity` answer meanwhile (the actor is
     created with max_concurrency=2, so a second call runs in a second thread).
     """
@@ -152,9 +152,8 @@ class Generator:
         "message"}: kind is the protocol's error kind ("bad_job", "missing_weights",
         "out_of_memory", "cancelled") or "internal" for an unexpected exception.
         """
-        from animate_backend.errors import BackendError, CancelledError
+        from animate_backend.events import job_failure_event
         from animate_backend.job_runner import run_job
-        from pose_bridge.errors import PoseBridgeError
 
         self._cancel.clear()
         with self._lock:
@@ -171,14 +170,12 @@ class Generator:
 
         try:
             result = run_job(job_dir, pipelines=self._pipelines, on_event=on_event, should_cancel=self._cancel.is_set)
-        except CancelledError as exc:
-            return {"ok": False, "kind": "cancelled", "user_error": False, "message": str(exc)}
-        except BackendError as exc:
-            return {"ok": False, "kind": exc.kind, "user_error": True, "message": str(exc)}
-        except PoseBridgeError as exc:
-            return {"ok": False, "kind": "bad_job", "user_error": True, "message": str(exc)}
-        except Exception as exc:  # a bug: reported with its type, not retried (it would fail the same way)
-            return {"ok": False, "kind": "internal", "user_error": False, "message": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # a bug too: reported with its type, not retried (it would fail the same way)
+            event = job_failure_event(exc, job_dir)
+            if event["type"] == "cancelled":
+                return {"ok": False, "kind": "cancelled", "user_error": False, "message": str(exc)}
+            return {"ok": False, "kind": event["kind"], "user_error": event["kind"] != "internal",
+                    "message": event["message"]}
         finally:
             with self._lock:
                 self._progress["stage"] = "idle"

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_video_manifest(args: argparse.Namespace) -> int:
-    from animate_backend.train.data import video_manifest_entries, write_manifest
+    from animate_backend.train.manifest import video_manifest_entries, write_manifest
 
     entries = video_manifest_entries(args.videos, args.keypoints)
     write_manifest(args.out, entries)

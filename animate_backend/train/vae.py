@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import skip_first_batches
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from torch import nn
@@ -35,14 +34,15 @@ from animate_backend.configs import load_size_config
 from animate_backend.errors import InputError
 from animate_backend.tiny import replace_folder
 from animate_backend.train.config import TrainConfig, VaeSettings
-from animate_backend.train.data import IMAGE_SUFFIXES, _to_unit_range, crop_box_for, crop_image, read_manifest
-from animate_backend.train.trainer import (
-    TrainingProgress,
-    _make_optimizer,
-    _resolve_checkpoint,
+from animate_backend.train.data import IMAGE_SUFFIXES, _to_unit_range, crop_box_for, crop_image
+from animate_backend.train.manifest import read_manifest
+from animate_backend.train.checkpoints import TrainingProgress, resolve_checkpoint
+from animate_backend.train.loop import (
+    log_and_checkpoint,
     make_accelerator,
+    make_optimizer,
     micro_step_generator,
-    save_checkpoint,
+    resumable_batches,
 )
 
 logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def train_vae(config: TrainConfig) -> Path:
     if o.scale_lr:
         lr *= o.train_batch_size * o.gradient_accumulation_steps * accelerator.num_processes
     params = list(vae.parameters())
-    optimizer = _make_optimizer(params, config, lr)
+    optimizer = make_optimizer(params, config, lr)
     lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=o.max_train_steps * accelerator.num_processes)
     module, optimizer, dataloader, lr_scheduler = accelerator.prepare(module, optimizer, dataloader, lr_scheduler)
@@ -212,7 +212,7 @@ def train_vae(config: TrainConfig) -> Path:
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers(config.tracker_project_name + "_vae")
     if config.resume_from_checkpoint:
-        checkpoint = _resolve_checkpoint(config.resume_from_checkpoint, output_dir)
+        checkpoint = resolve_checkpoint(config.resume_from_checkpoint, output_dir)
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
             logger.info("resumed from %s at step %d", checkpoint, progress.global_step)
@@ -222,48 +222,33 @@ def train_vae(config: TrainConfig) -> Path:
     bar = tqdm(total=o.max_train_steps, initial=progress.global_step, desc="stage 0 (VAE)",
                disable=not accelerator.is_local_main_process)
     running = 0.0
-    while progress.global_step < o.max_train_steps:
-        dataset.set_epoch(progress.epoch)
-        dataloader.set_epoch(progress.epoch)
-        loader = dataloader
-        if progress.batch_in_epoch:
-            loader = skip_first_batches(dataloader, progress.batch_in_epoch)
-            loader.set_epoch(progress.epoch)
-        for batch in loader:
-            generator = micro_step_generator(config.seed, accelerator.process_index, progress.micro_step)
-            with accelerator.accumulate(module):
-                pixels = batch["pixel_values"]
-                reconstruction, mean, logvar = module(pixels, generator)
-                loss, parts = vae_loss(reconstruction, pixels, mean, logvar, config.vae)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and o.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, o.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            progress.micro_step += 1
-            progress.batch_in_epoch += 1
-            running += accelerator.gather(loss.detach()).mean().item() / o.gradient_accumulation_steps
-            if not accelerator.sync_gradients:
-                continue
-            progress.global_step += 1
-            bar.update(1)
-            with torch.no_grad():
-                psnr = float(metrics.psnr(((reconstruction.detach() + 1) / 2).clamp(0, 1), (pixels + 1) / 2).mean())
-            logs = {"loss": running, "psnr": psnr, "lr": lr_scheduler.get_last_lr()[0], **parts}
-            running = 0.0
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{psnr:.1f}")
-            if progress.global_step % config.logging_steps == 0 or progress.global_step == o.max_train_steps:
-                accelerator.log(logs, step=progress.global_step)
-                logger.info("step %d: loss %.4f, PSNR %.2f dB, SSIM %.3f", progress.global_step, logs["loss"],
-                            psnr, parts.get("ssim", float("nan")))
-            if config.checkpointing_steps and progress.global_step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, progress.global_step, config.checkpoints_total_limit)
-            if progress.global_step >= o.max_train_steps:
-                break
-        else:
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
+    for batch in resumable_batches(dataset, dataloader, progress, o.max_train_steps):
+        generator = micro_step_generator(config.seed, accelerator.process_index, progress.micro_step)
+        with accelerator.accumulate(module):
+            pixels = batch["pixel_values"]
+            reconstruction, mean, logvar = module(pixels, generator)
+            loss, parts = vae_loss(reconstruction, pixels, mean, logvar, config.vae)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and o.max_grad_norm:
+                accelerator.clip_grad_norm_(params, o.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        progress.micro_step += 1
+        progress.batch_in_epoch += 1
+        running += accelerator.gather(loss.detach()).mean().item() / o.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+        progress.global_step += 1
+        bar.update(1)
+        with torch.no_grad():
+            psnr = float(metrics.psnr(((reconstruction.detach() + 1) / 2).clamp(0, 1), (pixels + 1) / 2).mean())
+        logs = {"loss": running, "psnr": psnr, "lr": lr_scheduler.get_last_lr()[0], **parts}
+        running = 0.0
+        bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{psnr:.1f}")
+        if log_and_checkpoint(accelerator, config, output_dir, progress.global_step, o.max_train_steps, logs):
+            logger.info("step %d: loss %.4f, PSNR %.2f dB, SSIM %.3f", progress.global_step, logs["loss"],
+                        psnr, parts.get("ssim", float("nan")))
     bar.close()
 
     accelerator.wait_for_everyone()

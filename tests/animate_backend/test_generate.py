@@ -13,7 +13,7 @@ import pytest
 
 from animate_backend.errors import InputError
 from animate_backend.generate import generate, load_driving_poses, output_size
-from animate_backend.job_runner import PipelineCache
+from animate_backend.pipeline_cache import PipelineCache
 from pose_bridge.drawing import draw_pose
 from pose_bridge.image_io import write_png, write_video
 from pose_bridge.keypoints import Pose, PoseSequence
@@ -199,8 +199,8 @@ def test_generate_function_checks_its_settings_by_name(tmp_path, reference):
     poses = tmp_path / "poses.json"
     write_sequence(sequence(2), poses)
     for kwargs, says in [
-        ({"width": 0}, "--width must be between 8"),
-        ({"guidance_scale": float("nan")}, "--guidance must be a number"),
+        ({"width": 0}, "--width must be a whole number from 8 to 4096, got 0"),
+        ({"guidance_scale": float("nan")}, "--guidance must be a finite number"),
         ({"fps": -5.0}, "--fps must be a number above 0"),
         ({"context_frames": 4, "context_overlap": 4}, "--context-overlap must be between 0"),
     ]:

@@ -11,7 +11,9 @@ import pytest
 
 from animate_backend import job_runner
 from animate_backend.errors import CancelledError, InputError, OutOfMemoryError, WeightsError
-from animate_backend.job_runner import PipelineCache, prepare_poses, run_job
+from animate_backend.job_folder import job_lock
+from animate_backend.job_runner import PipelineCache, run_job
+from animate_backend.pose_input import prepare_poses
 from pose_bridge.errors import JobError
 from pose_bridge.image_io import read_image
 from pose_bridge.job import JobPaths, JobSettings, write_job
@@ -373,7 +375,7 @@ def test_retarget_job_uses_reference_pose_file(tmp_path, pipelines):
     poses = PoseSequence([figure(64, 64, i / 2, scale=0.6) for i in range(3)], 12.0)
     plain = make_job(tmp_path / "plain", frames=3, poses=poses)
     retargeted = make_job(tmp_path / "retargeted", frames=3, poses=poses, retarget="chain")
-    write_frame(figure(64, 64), retargeted.root / job_runner.REFERENCE_POSE_FILE)
+    write_frame(figure(64, 64), retargeted.reference_pose)
 
     run_job(plain.root, pipelines=pipelines)
     result = run_job(retargeted.root, pipelines=pipelines)
@@ -533,7 +535,7 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next_run(tmp_path, p
 
 def test_a_job_runs_in_one_process_at_a_time(tmp_path, pipelines):
     paths = make_job(tmp_path / "job", frames=2)
-    with job_runner._job_lock(paths):  # as another process running it holds it
+    with job_lock(paths):  # as another process running it holds it
         with pytest.raises(JobError, match="being run by another process"):
             run_job(paths.root, pipelines=pipelines)
     assert run_job(paths.root, pipelines=pipelines)["frames"] == 2

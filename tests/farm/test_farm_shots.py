@@ -10,7 +10,7 @@ import pytest
 
 from animate_backend.__main__ import main as backend_main
 from animate_backend.farm.progress import ProgressDisplay, frames_totals, status_line, summary_table
-from animate_backend.farm.runner import ShotState
+from animate_backend.farm.state import ShotState
 from animate_backend.farm.shots import (
     FarmError, Shot, export_is_current, finished_result, make_shots, options_fingerprint, remember_export,
     remember_result,

@@ -10,14 +10,10 @@ from animate_backend.train.__main__ import main as train_main
 from animate_backend.train.config import load_config
 from animate_backend.train.data import AnimateAnyoneDataset
 from animate_backend.train.modules import AnimateAnyoneTrainingModule
-from animate_backend.train.trainer import (
-    build_stage_models,
-    list_checkpoints,
-    micro_step_generator,
-    set_trainable,
-    train,
-    training_loss,
-)
+from animate_backend.train.checkpoints import list_checkpoints
+from animate_backend.train.loop import micro_step_generator
+from animate_backend.train.models import build_stage_models, set_trainable
+from animate_backend.train.trainer import train, training_loss
 
 from training_clips import CONFIG_DIR, make_clip, write_json_manifest
 

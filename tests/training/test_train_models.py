@@ -11,7 +11,8 @@ from animate_backend.models.reference_attention import remove_reference_attentio
 from animate_backend.tiny import make_tiny_pipeline, save_pipeline_folder
 from animate_backend.train.config import TrainConfig
 from animate_backend.train.models import is_motion_key, unet2d_from_motion_unet
-from animate_backend.train.trainer import _make_optimizer, build_stage_models
+from animate_backend.train.loop import make_optimizer
+from animate_backend.train.models import build_stage_models
 
 
 def test_the_2d_unet_taken_from_a_motion_unet_has_its_weights_and_output():
@@ -90,6 +91,6 @@ def test_8bit_adam_without_bitsandbytes_says_how_to_get_it():
         config = TrainConfig()
         config.optim.use_8bit_adam = True
         with pytest.raises(InputError, match="pip install bitsandbytes"):
-            _make_optimizer([torch.nn.Parameter(torch.zeros(1))], config, 1e-5)
+            make_optimizer([torch.nn.Parameter(torch.zeros(1))], config, 1e-5)
     else:
         pytest.skip("bitsandbytes is installed here")

@@ -6,7 +6,7 @@ import torch
 
 from animate_backend.train.config import TrainConfig
 from animate_backend.train.modules import AnimateAnyoneTrainingModule
-from animate_backend.train.trainer import build_stage_models, set_trainable
+from animate_backend.train.models import build_stage_models, set_trainable
 
 
 def stage_models(stage: int):

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from animate_backend.train.__main__ import main as train_main
 from animate_backend.train.config import VaeSettings
-from animate_backend.train.trainer import CHECKPOINT_COMPLETE, _resolve_checkpoint, list_checkpoints
+from animate_backend.train.checkpoints import CHECKPOINT_COMPLETE, list_checkpoints, resolve_checkpoint
 from animate_backend.train.vae import new_vae, vae_loss
 
 from training_clips import CONFIG_DIR, make_clip, write_json_manifest
@@ -47,7 +47,7 @@ def test_vae_stage_trains_resumes_exactly_and_skips_a_half_written_checkpoint(tm
     (broken / CHECKPOINT_COMPLETE).unlink()
     (broken / "model.safetensors").write_bytes(b"half a file")
     (parts / "checkpoints" / "checkpoint-4.partial").mkdir()
-    assert _resolve_checkpoint("latest", parts).name == "checkpoint-2"
+    assert resolve_checkpoint("latest", parts).name == "checkpoint-2"
 
     assert train_main(["vae", *common, "--set", f"output_dir={parts}", "--set", "optim.max_train_steps=4",
                        "--resume", "latest"]) == 0
