@@ -126,7 +126,7 @@ def output_size(reference_size: tuple[int, int], width: int | None, height: int 
 
 def check_settings(
     *, width: int | None, height: int | None, steps: int, guidance_scale: float, seed: int,
-    context_frames: int, context_overlap: int, fps: float | None, context_schedule: str = "tapered",
+    context_frames: int, context_overlap: int, fps: float | None, context_schedule: str = DEFAULTS.context_schedule,
 ) -> None:
     """Raise InputError naming the first option that is out of range (the command line's names)."""
     for name, value, option in (("width", width, "--width"), ("height", height, "--height"),

@@ -64,8 +64,11 @@ from animate_backend.errors import CancelledError, InputError, is_out_of_memory,
 from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
 from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
+from pose_bridge.settings import JobSettings
 
 logger = logging.getLogger(__name__)
+
+DEFAULTS = JobSettings()  # the generation settings' defaults, declared in pose_bridge.settings
 
 # A file of this name in a saved pipeline folder marks its weights as random (make-tiny).
 UNTRAINED_MARKER = "UNTRAINED_RANDOM_WEIGHTS.txt"
@@ -550,25 +553,25 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         height: int,
         width: int,
         num_frames: int | None = None,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 3.5,
+        num_inference_steps: int = DEFAULTS.steps,
+        guidance_scale: float = DEFAULTS.guidance_scale,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
-        context_frames: int = 24,
-        context_overlap: int = 4,
+        context_frames: int = DEFAULTS.context_frames,
+        context_overlap: int = DEFAULTS.context_overlap,
         output_type: str | None = "pil",
         callback_on_step_end: Callable[["AnimateAnyonePipeline", int, Any, dict], dict] | None = None,
         on_progress: Callable[[dict], None] | None = None,
         on_frames: Callable[[int, np.ndarray], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
-        draw_hands: bool = True,
-        draw_face: bool = True,
+        draw_hands: bool = DEFAULTS.draw_hands,
+        draw_face: bool = DEFAULTS.draw_face,
         *,
         reference_in_uncond: bool = False,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         eta: float = 0.0,
         decode_chunk_size: int | None = None,
-        context_schedule: str = "tapered",
+        context_schedule: str = DEFAULTS.context_schedule,
     ) -> AnimateAnyoneOutput:
         """Animate `reference_image` with `poses`.
 

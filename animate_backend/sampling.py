@@ -13,6 +13,9 @@ import numpy as np
 
 from animate_backend.errors import CancelledError
 from animate_backend.events import ProgressTracker
+from pose_bridge.settings import JobSettings
+
+DEFAULTS = JobSettings()  # the generation settings' defaults, declared in pose_bridge.settings
 
 
 def denoise(
@@ -28,9 +31,9 @@ def denoise(
     seed: int,
     context_frames: int,
     context_overlap: int,
-    context_schedule: str = "tapered",
-    draw_hands: bool = True,
-    draw_face: bool = True,
+    context_schedule: str = DEFAULTS.context_schedule,
+    draw_hands: bool = DEFAULTS.draw_hands,
+    draw_face: bool = DEFAULTS.draw_face,
     tracker: ProgressTracker,
     should_cancel: Callable[[], bool] | None = None,
 ):

@@ -87,6 +87,11 @@ class JobPaths:
         which retargeting needs; the add-on writes it, `pose_bridge detect` makes one for an image."""
         return self.root / "reference_pose.json"
 
+    def export_files(self) -> list[Path]:
+        """What an export writes (and so may replace when exporting again), job.json last: it is
+        what makes the folder a job. out/ belongs to the backend."""
+        return [self.reference, self.poses, self.reference_pose, self.skeletons, self.settings]
+
     def frame_files(self) -> list[Path]:
         """The output frame files out/frames/ holds now, in frame order (other files are ignored)."""
         if not self.frames.is_dir():

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pose_bridge.backend_protocol import denoising_units
 from pose_bridge.errors import PoseBridgeError
 from pose_bridge.job import JobPaths
 
@@ -95,9 +96,8 @@ class Progress:
         if self.stage == "exporting" and self.frames_total:
             return min(1.0, self.frames_done / self.frames_total)
         if self.stage == "denoising" and self.steps:
-            windows = max(1, self.windows or 1)
-            done = (max(0, (self.step or 1) - 1) * windows + (self.window or windows)) / (self.steps * windows)
-            return 0.9 * min(1.0, done)
+            done, total = denoising_units(self.step, self.steps, self.window, self.windows)
+            return 0.9 * done / total
         if self.stage in ("decoding", "encoding", "done") and self.frames_total:
             return 0.9 + 0.1 * min(1.0, self.frames_done / self.frames_total)
         return 0.0
@@ -288,9 +288,7 @@ class GenerateController:
         self.frames_done = self._count_frames()
 
     def _count_frames(self) -> int:
-        if self.paths is None or not self.paths.frames.is_dir():
-            return 0
-        return len(list(self.paths.frames.glob("*.png")))
+        return 0 if self.paths is None else len(self.paths.frame_files())
 
 
 # The run the panel shows; one at a time.

@@ -86,12 +86,10 @@ class InProcessRunner:
         self.ready = False
 
     def _work(self, job_dir: str, job_id: str) -> None:
-        from pathlib import Path
-
-        from animate_backend.errors import BackendError, CancelledError
+        from animate_backend.errors import BackendError
+        from animate_backend.events import job_failure_event
         from animate_backend.job_runner import PipelineCache, run_job
         from pose_bridge.errors import PoseBridgeError
-        from pose_bridge.job import JobPaths
 
         if self._pipelines is None:
             self._pipelines = PipelineCache()
@@ -101,19 +99,10 @@ class InProcessRunner:
 
         try:
             result = run_job(job_dir, pipelines=self._pipelines, on_event=on_event, should_cancel=self._cancel.is_set)
-        except CancelledError:
-            paths = JobPaths(Path(job_dir))
-            done = len(list(paths.frames.glob("*.png"))) if paths.frames.is_dir() else 0
-            self._events.put({"type": "cancelled", "id": job_id, "frames_done": done})
-        except BackendError as exc:
-            self._events.put({"type": "error", "id": job_id, "kind": exc.kind, "message": str(exc)})
-        except PoseBridgeError as exc:
-            self._events.put({"type": "error", "id": job_id, "kind": "bad_job", "message": str(exc)})
-        except Exception as exc:  # a bug: report it instead of losing it in a thread
-            log.exception("in-process job failed")
-            self._events.put(
-                {"type": "error", "id": job_id, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
-            )
+        except Exception as exc:  # every failure becomes the event the server would send
+            if not isinstance(exc, (BackendError, PoseBridgeError)):
+                log.exception("in-process job failed")
+            self._events.put({**job_failure_event(exc, job_dir), "id": job_id})
         else:
             self._events.put({"type": "done", "id": job_id, "result": result})
 

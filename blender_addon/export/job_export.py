@@ -5,7 +5,7 @@
 
 writes job.json, poses.json, the drawn skeletons in poses/, reference.png and, for a
 rendered reference, reference_pose.json (the armature's keypoints at the reference
-frame, for retargeting): the files the add-on owns (ADDON_FILES). They are written next
+frame, for retargeting): the files the add-on owns (JobPaths.export_files). They are written next
 to the job folder first and moved in when all are complete, job.json last, so a failed
 export leaves the previous job as it was. Exporting a shot again replaces only those
 files: the backend's out/ (finished frames, saved latents) and anything a user added stay,
@@ -41,10 +41,6 @@ from ..errors import AddonError
 
 log = logging.getLogger(__name__)
 
-REFERENCE_POSE_FILE = "reference_pose.json"  # read by animate_backend.job_runner for retargeting
-# What an export writes in a job folder, and so what exporting again may replace. job.json
-# goes last: it is what makes the folder a job.
-ADDON_FILES = ("reference.png", "poses.json", REFERENCE_POSE_FILE, "poses", "job.json")
 REFERENCE_MODES = ("render", "image")
 
 
@@ -219,7 +215,7 @@ def _check_replaceable(job_dir: Path) -> None:
 def _install(staged: Path, job_dir: Path) -> None:
     """Move the add-on's files from the finished staging folder into job_dir, job.json last.
 
-    Only ADDON_FILES are touched: an add-on file the new export does not have (no
+    Only JobPaths.export_files are touched: an add-on file the new export does not have (no
     reference_pose.json, no skeleton images) is removed, as it belongs to the old job; out/
     and everything else in job_dir stay. job.json is removed first, so that an export
     interrupted half way leaves a folder the backend refuses ("export the job again")
@@ -229,10 +225,12 @@ def _install(staged: Path, job_dir: Path) -> None:
     it. Frames, latents and the log stay for the backend to judge.
     """
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "job.json").unlink(missing_ok=True)
-    JobPaths(job_dir).result.unlink(missing_ok=True)
-    for name in ADDON_FILES:
-        new, old = staged / name, job_dir / name
+    paths = JobPaths(job_dir)
+    paths.settings.unlink(missing_ok=True)
+    paths.result.unlink(missing_ok=True)
+    for old in paths.export_files():
+        name = old.name
+        new = staged / name
         if new.is_dir():
             if old.exists():
                 aside = job_dir / f"{partial_prefix(name)}old"
@@ -442,11 +440,11 @@ class JobExport:
             except PoseBridgeError as exc:
                 raise AddonError(f"writing the job failed: {exc}") from exc
             if self._reference_pose is not None:
-                openpose_json.write_frame(self._reference_pose, paths.root / REFERENCE_POSE_FILE)
+                openpose_json.write_frame(self._reference_pose, paths.reference_pose)
             elif options.reference_pose_path:
                 pose_file = Path(bpy.path.abspath(options.reference_pose_path))
                 try:
-                    openpose_json.write_frame(openpose_json.read_frame(pose_file), paths.root / REFERENCE_POSE_FILE)
+                    openpose_json.write_frame(openpose_json.read_frame(pose_file), paths.reference_pose)
                 except PoseBridgeError as exc:
                     raise AddonError(f"the reference skeleton file {pose_file} cannot be used: {exc}") from exc
             _install(tmp_dir, job_dir)

@@ -10,6 +10,7 @@ from animate_backend.context_windows import check_context
 from animate_backend.errors import CancelledError, InputError, OutOfMemoryError, WeightsError
 from animate_backend.events import ProgressTracker, job_failure_event
 from animate_backend.schedulers import SCHEDULER_FACTORIES, make_scheduler
+from pose_bridge.settings import SCHEDULERS
 from pose_bridge.backend_protocol import ERROR_KINDS, denoising_units
 from pose_bridge.errors import JobError
 from pose_bridge.job import JobPaths
@@ -81,3 +82,5 @@ def test_only_real_schedulers_are_offered():
         assert built.config.prediction_type == "v_prediction", f"{name} keeps the model's noise schedule"
     with pytest.raises(InputError, match="unknown scheduler 'lcm'; use one of ddim, dpmsolver\\+\\+, euler"):
         make_scheduler("lcm", model_own)
+    # What the settings offer (command lines, the add-on) is exactly what the backend builds.
+    assert set(SCHEDULERS) == set(SCHEDULER_FACTORIES)
