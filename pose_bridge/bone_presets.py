@@ -1,5 +1,7 @@
 """Which bone of a rig gives each keypoint: presets for the common rig families, as data.
 
+(About 580 lines, most of them the preset tables themselves.)
+
 The add-on projects bone positions through the camera to get 2D keypoints. This module
 says which bone, and which end of it, each OpenPose keypoint comes from, for each rig
 family; it has no bpy in it, so it is tested without Blender.

@@ -1,5 +1,8 @@
 """Skeleton images as the released Animate Anyone weights saw them (DWPose's drawing).
 
+(About 430 lines: one convention, body, hands and face, whose pixel rules are easiest to check
+side by side.)
+
 docs/skeleton.md is the specification. DWPose draws with OpenCV; this module draws
 the same pixels with numpy alone, because it must also run inside Blender's Python (numpy,
 no Pillow, no cv2). The OpenCV primitives DWPose uses are re-implemented with their

@@ -1,5 +1,7 @@
 """The driver: runs a shot list on a Ray cluster, with retries, progress and a clean Ctrl-C.
 
+(About 415 lines: one state machine, read top to bottom.)
+
 Each shot goes pending -> exporting -> queued -> generating -> done, or ends as skipped
 (done before), failed (with the reason) or cancelled. Exports are Ray tasks (one CPU each);
 generation goes to `Generator` actors, one per GPU (or `actors` CPU-only ones), created when

@@ -1,5 +1,8 @@
 """Synthetic training data from the user's own rigged character.
 
+(About 450 lines: one command, its settings and the take loop; the random poses and cameras
+it draws are only meaningful together.)
+
     python -m blender_addon.commands.dataset SCENE.blend --out DIR [--takes 16 --frames 24 --size 512x512 ...]
     python -m blender_addon.commands.dataset --demo-character --out DIR ...   (the demo's character, blender_addon.commands.demo_scene)
 

@@ -1,5 +1,8 @@
 """Writing a job folder from a scene: the add-on's half of the job (README.md).
 
+(About 480 lines: the synchronous export and JobExport, its step-by-step twin for the UI, share
+every helper here and must stay the same export.)
+
     options = ExportOptions(armature="Hero", frame_start=1, frame_end=48, job=JobSettings(model="/models/aa"))
     paths = export_job(bpy.context.scene, options, "/shots/sh010/job")
 
