@@ -13,6 +13,7 @@ farm nodes and colleagues can read videos, frames, job folders and weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -149,3 +150,12 @@ def check_writable(folder: Path | str) -> None:
     fd, probe = tempfile.mkstemp(prefix=partial_prefix("write-check"), dir=folder)
     os.close(fd)
     os.unlink(probe)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, read a megabyte at a time (a .blend may be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

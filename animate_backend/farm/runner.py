@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pose_bridge.errors import PoseBridgeError
+from pose_bridge.files import file_sha256
 from pose_bridge.job import JobPaths, read_settings
 
 from animate_backend.farm import shots as shot_files
@@ -113,7 +114,7 @@ class Farm:
         if not shot.blend.is_file():
             self._fail(state, f"{shot.blend} does not exist; check the shot list ({shot.origin})")
             return
-        state.blend_sha256 = shot_files.file_sha256(shot.blend)
+        state.blend_sha256 = file_sha256(shot.blend)
         state.fingerprint = shot_files.options_fingerprint(self.options.model, self.options.shot_options, shot)
         result = shot_files.finished_result(shot.job_dir, state.blend_sha256, state.fingerprint)
         if result is not None:

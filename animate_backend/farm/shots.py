@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pose_bridge.errors import PoseBridgeError
+from pose_bridge.files import file_sha256
 from pose_bridge.job import JobPaths, read_settings, shot_job_dirs, write_settings
 
 from animate_backend.errors import BackendError
@@ -129,14 +130,6 @@ def make_shots(
 
 
 # ----------------------------------------------------------------------------- done shots
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def options_fingerprint(model: str, common: list[str], shot: Shot) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pose_bridge.errors import PoseBridgeError
+from pose_bridge.files import file_sha256
 from pose_bridge.job import JobPaths, read_settings, shot_job_dirs, write_settings
 
 from ..errors import AddonError
@@ -40,14 +41,6 @@ class ShotReport:
     job_dir: Path
     status: str  # "done", "skipped" or "failed"
     detail: str
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def options_fingerprint(args: argparse.Namespace) -> str:

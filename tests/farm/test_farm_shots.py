@@ -164,7 +164,7 @@ def test_progress_counts_shots_frames_and_time_left():
 
 def test_missing_and_done_shots_are_sorted_out_before_any_cluster_starts(tmp_path):
     from animate_backend.farm.runner import Farm, FarmOptions
-    from animate_backend.farm.shots import file_sha256
+    from pose_bridge.files import file_sha256
 
     blend = tmp_path / "sh010.blend"
     blend.write_bytes(b"BLENDER-v500 a shot")
@@ -197,7 +197,7 @@ def test_the_farm_command_prints_a_table_and_exits_1_when_a_shot_failed(tmp_path
     job = tmp_path / "renders" / "sh010"
     _exported_job(job)
     shot = make_shots(tmp_path / "renders", [blend])[0]
-    from animate_backend.farm.shots import file_sha256
+    from pose_bridge.files import file_sha256
 
     remember_export(job, file_sha256(blend), options_fingerprint("tiny", [], shot))
     remember_result(job, _generated(job))
