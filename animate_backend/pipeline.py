@@ -54,6 +54,7 @@ from animate_backend.errors import CancelledError, InputError, OutOfMemoryError
 from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
 from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
+from animate_backend.models.speed import enable_speed_setting
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +280,18 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         if (Path(pretrained_model_name_or_path) / UNTRAINED_MARKER).exists():
             pipe.is_untrained = True
         return pipe
+
+    # -- speed
+
+    def enable_speed(self, *settings: str) -> "AnimateAnyonePipeline":
+        """Turn on speed settings (`models/speed.py`, `SPEED_SETTINGS`), e.g. "channels_last".
+
+        They compute the same video (to float32 rounding) faster on some devices; weights and
+        saving are unchanged. Returns the pipeline, so it chains after `from_pretrained`.
+        """
+        for name in settings:
+            enable_speed_setting(self, name)
+        return self
 
     # -- conditioning
 
