@@ -17,7 +17,7 @@ from animate_backend.tiny import make_tiny_pipeline
 SIZE = 128
 # float32 tolerances: relative L2 of the final latents, largest difference of the video in [0, 1].
 FP32_LATENTS = 1e-4
-FP32_VIDEO = 1e-3
+FP32_VIDEO = 1e-4
 # bf16 weights and activations keep about 3 significant digits.
 BF16_LATENTS = 0.1
 
