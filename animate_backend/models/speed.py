@@ -12,6 +12,14 @@ one was measured to save, and where it does not pay.
   NCHW: in channels-last its output (the reference latent) moved by about 1e-2 from a float64
   computation where NCHW stays within 1e-5, so it would change the video.
   Within float32 rounding of the plain path.
+- "compile": regional `torch.compile` of the denoising UNet's transformer blocks (the spatial
+  transformers' and the motion modules' `BasicTransformerBlock`s: the repeated blocks where
+  most of the time goes). One compiled code serves every block of a shape, so compiling
+  takes one pass over the UNet's resolutions, not one per block. The first call pays the
+  compilation: about 50 s of CPU on 2 cores with a cold inductor cache, under 10 s with a
+  warm one, against a 1.25x faster denoising step at narrow width; so it pays in a
+  long-lived process (the server) or a long shot, not in one short call. Needs a C++
+  compiler on the CPU. Within float32 rounding of the plain path.
 """
 
 from __future__ import annotations
@@ -19,7 +27,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SPEED_SETTINGS = ("channels_last",)
+SPEED_SETTINGS = ("channels_last", "compile")
+
+# Compiled variants one block's code may have: the UNet's blocks come in about a dozen shapes
+# (spatial and temporal, at every resolution level); torch's default of 8 would leave the rest
+# running uncompiled after a warning.
+COMPILE_VARIANTS = 32
 
 
 def channels_last_models(pipe) -> list[nn.Module]:
@@ -48,9 +61,28 @@ def uses_channels_last(pipe) -> bool:
     return bool(weights) and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
 
 
+def compile_transformer_blocks(unet: nn.Module) -> int:
+    """`torch.compile` every `BasicTransformerBlock` of `unet` in place; returns how many.
+
+    Compiling in place (`Module.compile`) keeps the module tree, names and state dict as they
+    are. Calling it again changes nothing.
+    """
+    from diffusers.models.attention import BasicTransformerBlock
+
+    if torch._dynamo.config.recompile_limit < COMPILE_VARIANTS:
+        torch._dynamo.config.recompile_limit = COMPILE_VARIANTS
+    blocks = [module for module in unet.modules() if isinstance(module, BasicTransformerBlock)]
+    for block in blocks:
+        if getattr(block, "_compiled_call_impl", None) is None:
+            block.compile()
+    return len(blocks)
+
+
 def enable_speed_setting(pipe, name: str) -> None:
     """Turn on one of `SPEED_SETTINGS` for `pipe`."""
     if name not in SPEED_SETTINGS:
         raise ValueError(f"unknown speed setting {name!r}; choose from {', '.join(SPEED_SETTINGS)}")
     if name == "channels_last":
         use_channels_last(pipe)
+    elif name == "compile":
+        compile_transformer_blocks(pipe.denoising_unet)

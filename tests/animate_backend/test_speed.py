@@ -92,3 +92,18 @@ def test_bf16_on_the_cpu_stays_near_float32(reference_image, plain_outputs):
     latents = run(pipe, reference_image, "latent")
     assert latents.dtype == torch.float32
     assert relative_l2(latents, plain_outputs[0]) < BF16_LATENTS
+
+
+def test_compiled_transformer_blocks_compute_what_the_plain_ones_do():
+    """Regional torch.compile, on one motion module (compiling the whole tiny UNet takes minutes
+    on a small machine; every block is compiled the same way)."""
+    from animate_backend.models.speed import compile_transformer_blocks
+
+    module = make_tiny_pipeline(seed=0).denoising_unet.down_blocks[0].motion_modules[0]
+    hidden = torch.randn((2 * 4, module.proj_in.in_features, 8, 8),
+                         generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = module(hidden, num_frames=4)
+        assert compile_transformer_blocks(module) == 1
+        compiled = module(hidden, num_frames=4)
+    assert relative_l2(compiled, plain) < FP32_LATENTS
