@@ -4,6 +4,8 @@
         --moore-python ~/moore-venv/bin/python --size narrow                    # speed, CPU
     python benchmarks/moore_side_by_side.py --moore-repo ... --moore-python ... \\
         --size tiny --check-fidelity                                            # same output?
+    python benchmarks/moore_side_by_side.py --moore-repo ... --moore-python ... \\
+        --size narrow --speed channels_last                                     # with a speed setting of ours
 
 What it does:
 1. Writes ONE set of random weights in Moore's release layout (denoising_unet.pth,
