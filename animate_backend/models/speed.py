@@ -17,7 +17,7 @@ one was measured to save, and where it does not pay.
   most of the time goes). One compiled code serves every block of a shape, so compiling
   takes one pass over the UNet's resolutions, not one per block. The first call pays the
   compilation: about 50 s of CPU on 2 cores with a cold inductor cache, under 10 s with a
-  warm one, against a 1.25x faster denoising step at narrow width; so it pays in a
+  warm one, against 1.1-1.25x faster denoising steps at narrow width; so it pays in a
   long-lived process (the server) or a long shot, not in one short call. Needs a C++
   compiler on the CPU. Within float32 rounding of the plain path.
 """
