@@ -117,7 +117,7 @@ def _generate(args: argparse.Namespace) -> int:
             width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance_scale,
             seed=args.seed, context_frames=args.context_frames, context_overlap=args.context_overlap,
             context_schedule=args.context_schedule, fps=args.fps, device=args.device, precision=args.precision,
-            draw_hands=args.draw_hands, draw_face=args.draw_face, overwrite=args.force, on_event=bars,
+            speed=args.speed, draw_hands=args.draw_hands, draw_face=args.draw_face, overwrite=args.force, on_event=bars,
         )
     finally:
         bars.close()

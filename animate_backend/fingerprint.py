@@ -13,25 +13,20 @@ import hashlib
 import json
 from pathlib import Path
 
+from pose_bridge.files import file_sha256
 from pose_bridge.job import JobPaths, JobSettings
+from pose_bridge.settings import RUNTIME_SETTINGS, SETTINGS
 
-# Settings that change the pictures. device and precision count through what they resolve to
-# (loading.compute_kind), so "auto" and "fp32" on a CPU are the same.
-FINGERPRINT_SETTINGS = (
-    "model", "width", "height", "frame_start", "frame_end", "steps", "guidance_scale", "seed",
-    "context_frames", "context_overlap", "context_schedule", "scheduler", "retarget", "draw_hands", "draw_face",
-)
+# Settings that change the pictures: every declared setting but fps and where and how the model
+# runs. device and precision count through what they resolve to (loading.compute_kind), so
+# "auto" and "fp32" on a CPU are the same; the speed settings compute the same video to float32
+# rounding, so frames made with one stay valid with another.
+FINGERPRINT_SETTINGS = tuple(name for name in SETTINGS if name not in ("fps", *RUNTIME_SETTINGS))
 
 
 def file_digest(path: Path) -> str | None:
     """SHA-256 of a file's bytes, None when there is no such file."""
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path) if path.is_file() else None
 
 
 def job_fingerprint(paths: JobPaths, settings: JobSettings) -> str:

@@ -177,6 +177,7 @@ def generate(
     fps: float | None = None,
     device: str = DEFAULTS.device,
     precision: str = DEFAULTS.precision,
+    speed: str = DEFAULTS.speed,
     draw_hands: bool = DEFAULTS.draw_hands,
     draw_face: bool = DEFAULTS.draw_face,
     overwrite: bool = False,
@@ -215,7 +216,7 @@ def generate(
     tracker = ProgressTracker(emit, num_frames)
 
     tracker.stage("loading", f"loading model {model}")
-    loaded = (pipelines if pipelines is not None else PipelineCache()).get(model, device, precision)
+    loaded = (pipelines if pipelines is not None else PipelineCache()).get(model, device, precision, speed=speed)
     if loaded.untrained:
         from animate_backend.loading import UNTRAINED_NOTE
 

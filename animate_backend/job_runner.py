@@ -204,12 +204,12 @@ def _generate_missing(
 ) -> dict[str, Any]:
     """Make the missing frames: denoise (unless matching latents were saved), then decode."""
     num_frames = settings.num_frames
-    if pipelines.is_loaded(settings.model, settings.device, settings.precision):
+    if pipelines.is_loaded(settings.model, settings.device, settings.precision, settings.speed):
         message = f"model {settings.model} is already loaded"
     else:
         message = f"loading model {settings.model}"
     tracker.stage("loading", message, frames_done=num_frames - len(missing))
-    loaded = pipelines.get(settings.model, settings.device, settings.precision, settings.scheduler)
+    loaded = pipelines.get(settings.model, settings.device, settings.precision, settings.scheduler, settings.speed)
     model_info = {
         "model": str(loaded.model_id),
         "untrained": bool(loaded.untrained),

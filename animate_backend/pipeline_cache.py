@@ -18,8 +18,9 @@ class _CachedPipeline:
 
 
 class PipelineCache:
-    """Loaded pipelines by (model, its content, device, precision), so a server keeps its model
-    between jobs, and loads it again when the folder's weights were replaced meanwhile.
+    """Loaded pipelines by (model, its content, device, precision, speed), so a server keeps its
+    model between jobs, and loads it again when the folder's weights were replaced meanwhile.
+    (Speed settings change a loaded model in place, so a job that wants others gets its own.)
 
     Only `max_loaded` pipelines stay loaded (one by default: a second full-size model rarely
     fits beside the first); the least recently used one is dropped to load another.
@@ -27,27 +28,30 @@ class PipelineCache:
 
     def __init__(self, max_loaded: int = 1) -> None:
         self.max_loaded = max_loaded
-        self._entries: OrderedDict[tuple[str, str, str, str], _CachedPipeline] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, ...], _CachedPipeline] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @staticmethod
-    def _key(model: str, device: str, precision: str) -> tuple[str, str, str, str]:
+    def _key(model: str, device: str, precision: str, speed: str) -> tuple[str, ...]:
         from animate_backend.loading import model_digest
 
         folder = model if model == "tiny" else str(Path(model).expanduser().resolve())
-        return (folder, model_digest(model), device, precision)
+        return (folder, model_digest(model), device, precision, speed)
 
-    def is_loaded(self, model: str, device: str = "auto", precision: str = "auto") -> bool:
-        return self._key(model, device, precision) in self._entries
+    def is_loaded(self, model: str, device: str = "auto", precision: str = "auto", speed: str = "auto") -> bool:
+        return self._key(model, device, precision, speed) in self._entries
 
-    def get(self, model: str, device: str = "auto", precision: str = "auto", scheduler: str = "ddim"):
-        """The LoadedPipeline for these settings, loading it on first use, with `scheduler` set."""
+    def get(self, model: str, device: str = "auto", precision: str = "auto", scheduler: str = "ddim",
+            speed: str = "auto"):
+        """The LoadedPipeline for these settings, loading it on first use, with `scheduler` set
+        and the speed settings `speed` turns on (models/speed.py)."""
         from animate_backend.loading import load_pipeline
+        from animate_backend.models.speed import speed_settings_for
 
-        key = self._key(model, device, precision)
+        key = self._key(model, device, precision, speed)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -56,6 +60,7 @@ class PipelineCache:
                     del dropped
                     empty_device_cache()
                 loaded = load_pipeline(model, device=device, precision=precision)
+                loaded.pipe.enable_speed(*speed_settings_for(speed, loaded.pipe.device))
                 entry = _CachedPipeline(loaded, loaded.pipe.scheduler)
                 self._entries[key] = entry
             self._entries.move_to_end(key)

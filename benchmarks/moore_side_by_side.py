@@ -4,6 +4,8 @@
         --moore-python ~/moore-venv/bin/python --size narrow                    # speed, CPU
     python benchmarks/moore_side_by_side.py --moore-repo ... --moore-python ... \\
         --size tiny --check-fidelity                                            # same output?
+    python benchmarks/moore_side_by_side.py --moore-repo ... --moore-python ... \\
+        --size narrow --speed channels_last                                     # with a speed setting of ours
 
 What it does:
 1. Writes ONE set of random weights in Moore's release layout (denoising_unet.pth,
@@ -113,6 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="our window schedule (speed mode; default: the pipeline's own); Moore always "
                              "uses its closed loop")
     parser.add_argument("--check-fidelity", action="store_true", help="compare outputs instead of timing")
+    parser.add_argument("--speed", action="append", default=[], metavar="SETTING",
+                        help="a speed setting of our pipeline to turn on (AnimateAnyonePipeline.enable_speed, "
+                             "e.g. channels_last); repeatable; timed and fidelity-checked alike")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side in speed mode (alternated)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process in speed mode (default: torch's default)")
@@ -328,8 +333,8 @@ def check_fidelity(args: argparse.Namespace, runner: Runner, inputs: dict) -> in
                           args.guidance, loop_frames, loop_overlap, "loop", LOOP_WINDOWS))
 
     print(f"\nfidelity: {MODEL[args.size]} model, {args.width}x{args.height}, {args.frames} frames, "
-          f"{args.steps} steps, "
-          "1 thread per process; differences of ours from Moore's")
+          f"{args.steps} steps, 1 thread per process, our speed settings: {', '.join(args.speed) or 'none'}; "
+          "differences of ours from Moore's")
     header = f"  {'case':<44} {'latents rel L2':>15} {'video max|d|':>13} {'CLIP rel L2':>12}  tolerance"
     print(header)
     failed = 0
@@ -337,7 +342,7 @@ def check_fidelity(args: argparse.Namespace, runner: Runner, inputs: dict) -> in
         settings = {"width": args.width, "height": args.height, "steps": args.steps, "guidance": case.guidance,
                     "context_frames": case.context_frames, "context_overlap": case.context_overlap,
                     "context_schedule": case.context_schedule, "threads": 1, "device": args.device,
-                    "precision": "fp32", "warmup": 0}
+                    "precision": "fp32", "warmup": 0, "speed": args.speed}
         _, ours = runner.run("ours", inputs, settings)
         _, moore = runner.run("moore", inputs, settings)
         latents = rel_l2(ours["latents"], moore["latents"])
@@ -362,7 +367,7 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
     settings = {"width": args.width, "height": args.height, "steps": args.steps, "guidance": args.guidance,
                 "context_frames": args.context_frames, "context_overlap": args.context_overlap,
                 "context_schedule": args.context_schedule, "threads": args.threads, "device": args.device,
-                "precision": args.precision, "warmup": args.warmup}
+                "precision": args.precision, "warmup": args.warmup, "speed": args.speed}
     if args.context_schedule == "loop" and not our_capabilities()["context_schedule"]:
         raise SystemExit("our pipeline has no context_schedule setting yet; leave --context-schedule out")
     if args.frames > args.context_frames and args.context_schedule != "loop":
@@ -371,7 +376,8 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
     print(f"\nspeed: {MODEL[args.size]} model on {args.device} in {args.precision}, {args.width}x{args.height}, "
           f"{args.frames} frames, {args.steps} steps, CFG {args.guidance:g}, "
           f"windows of {args.context_frames} (overlap {args.context_overlap}), "
-          f"{args.repeats} run(s) per side, alternated, each in its own process")
+          f"{args.repeats} run(s) per side, alternated, each in its own process; "
+          f"our speed settings: {', '.join(args.speed) or 'none'}")
     results: dict[str, list[dict]] = {"ours": [], "moore": []}
     arrays: dict[str, dict] = {}
     for repeat in range(args.repeats):

@@ -166,6 +166,8 @@ def run(job_folder: Path) -> None:
     loaded = time.perf_counter()
     pipe = AnimateAnyonePipeline.from_pretrained(job["converted"], dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if job.get("speed"):
+        pipe.enable_speed(*job["speed"])
     loaded = time.perf_counter() - loaded
     record: dict = {}
 
@@ -218,6 +220,7 @@ def run(job_folder: Path) -> None:
         "peak_device_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "weights_dtype": str(pipe.denoising_unet.dtype),
+        "speed": job.get("speed", []),
     }
     (job_folder / "result.json").write_text(json.dumps(result, indent=1))
     np.savez(job_folder / "result.npz", latents=record["latents"], video=np.asarray(video, dtype=np.float32),

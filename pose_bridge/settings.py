@@ -90,6 +90,14 @@ PRECISION_CHOICES = (
     ("fp32", "fp32", "Full precision: most memory"),
 )
 
+SPEED_CHOICES = (
+    ("auto", "Automatic", "Channels-last convolutions on the CPU, the plain computation elsewhere"),
+    ("plain", "Plain", "The plain computation"),
+    ("channels_last", "Channels-Last", "Convolutions in channels-last memory format: about 1.1x faster on the CPU"),
+    ("compile", "Compile", "torch.compile of the denoising UNet's transformer blocks: the first job compiles "
+     "(about a minute on a small CPU), later ones in the same process run about 1.1-1.25x faster"),
+)
+
 
 @dataclass
 class JobSettings:
@@ -133,6 +141,9 @@ class JobSettings:
     device: str = setting("auto", label="Device", help="where the model runs", choices=DEVICE_CHOICES)
     precision: str = setting("auto", label="Precision", help="number format of the model's weights and activations",
                              choices=PRECISION_CHOICES)
+    # Every choice computes the same video to float32 rounding (docs/performance.md).
+    speed: str = setting("auto", label="Speed", help="how the same video is computed faster",
+                         choices=SPEED_CHOICES)
     output_kinds: list[str] = field(default_factory=lambda: ["frames", "video"])
     # Where the job came from: blend file, scene, armature, camera, add-on version...
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -211,8 +222,8 @@ SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(Jo
 # line that generates has.
 GENERATION_SETTINGS = ("steps", "guidance_scale", "seed", "context_frames", "context_overlap", "context_schedule",
                        "scheduler", "retarget", "draw_hands", "draw_face")
-# Where the model runs: the add-on's preferences, an option of the command lines.
-RUNTIME_SETTINGS = ("device", "precision")
+# Where and how the model runs: the add-on's preferences, an option of the command lines.
+RUNTIME_SETTINGS = ("device", "precision", "speed")
 
 # The named choices, for code that checks a value without a whole JobSettings.
 SCHEDULERS = SETTINGS["scheduler"].values
@@ -220,6 +231,7 @@ CONTEXT_SCHEDULES = SETTINGS["context_schedule"].values
 RETARGET_MODES = SETTINGS["retarget"].values
 DEVICES = SETTINGS["device"].values
 PRECISIONS = SETTINGS["precision"].values
+SPEEDS = SETTINGS["speed"].values
 
 
 def check_value(name: str, value: Any, label: str = "") -> str:

@@ -127,8 +127,8 @@ def panel_options(scene, args: argparse.Namespace):
     # The model, device and precision live in the preferences; the command line may stand in.
     stand_in = SimpleNamespace(
         model_dir=args.model or (prefs.model_dir if prefs is not None else ""),
-        device=args.device or (prefs.device if prefs is not None else "auto"),
-        precision=args.precision or (prefs.precision if prefs is not None else "auto"),
+        **{name: getattr(args, name) or (getattr(prefs, name) if prefs is not None else default_of(name))
+           for name in RUNTIME_SETTINGS},
     )
     return export_options(scene, stand_in)
 

@@ -85,6 +85,7 @@ class ANIMATE_AP_preferences(AddonPreferences):
     )
     device: setting_property("device")
     precision: setting_property("precision")
+    speed: setting_property("speed")
     venv_dir: StringProperty(
         name="Backend Environment",
         subtype="DIR_PATH",
@@ -117,6 +118,7 @@ class ANIMATE_AP_preferences(AddonPreferences):
         row = col.row()
         row.prop(self, "device")
         row.prop(self, "precision")
+        col.prop(self, "speed")
 
         box = layout.box()
         box.label(text="Backend", icon="CONSOLE")

@@ -12,7 +12,7 @@ import torch
 
 from animate_backend.context_windows import context_windows, coverage
 from animate_backend.errors import CancelledError, InputError, OutOfMemoryError
-from animate_backend.pipeline import letterbox
+from animate_backend.pipeline import POSE_GUIDER_CHUNK, letterbox
 
 STEPS = 2
 
@@ -202,7 +202,7 @@ def test_reference_net_and_reference_projections_run_once_per_call(tiny_pipe, re
     assert len(reference_passes) == 1
     assert len(reference_projections) == 1
     assert len(own_projections) == 2 * 3
-    assert sum(posed_frames) == 20 and max(posed_frames) <= 8  # each frame once, a window's worth at a time
+    assert sum(posed_frames) == 20 and max(posed_frames) <= POSE_GUIDER_CHUNK  # each frame once, a few at a time
 
 
 def test_long_video_in_overlapping_windows(tiny_pipe, reference_image, skeletons):
