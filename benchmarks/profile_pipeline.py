@@ -22,6 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+from pipeline_inputs import add_pipeline_arguments, load_pipeline, moving_bar
 
 # Denoising-UNet parts by module name; each pattern matches whole blocks that never nest in each other.
 UNET_PARTS = {
@@ -34,13 +35,7 @@ UNET_PARTS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="a pipeline folder, or tiny / sd15 (random weights)")
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--guidance", type=float, default=3.5)
-    parser.add_argument("--threads", type=int, default=None)
+    add_pipeline_arguments(parser)
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--speed", action="append", default=[], help="a speed setting to enable (repeatable)")
     parser.add_argument("--ops", action="store_true", help="also print torch.profiler's operator table")
@@ -48,19 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load(args):
-    from animate_backend.pipeline import AnimateAnyonePipeline
-    from animate_backend.tiny import make_random_pipeline
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    if args.model in ("tiny", "sd15"):
-        pipe = make_random_pipeline(args.model)
-        pipe.to(dtype=dtype)
-    else:
-        pipe = AnimateAnyonePipeline.from_pretrained(args.model, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    for name in args.speed:
-        pipe.enable_speed(name)
-    return pipe
+    return load_pipeline(args.model, args.precision, args.speed)
 
 
 class PartTimer:
@@ -98,11 +81,7 @@ class PartTimer:
 def inputs(args):
     reference = np.full((args.height, args.width, 3), 128, dtype=np.uint8)
     reference[args.height // 4 : 3 * args.height // 4, args.width // 3 : 2 * args.width // 3] = (200, 80, 60)
-    skeletons = np.zeros((args.frames, args.height, args.width, 3), dtype=np.uint8)
-    for i in range(args.frames):
-        x = (i * 7) % max(1, args.width - 8)
-        skeletons[i, args.height // 5 : 4 * args.height // 5, x : x + 8] = (255, 85, 0)
-    return reference, list(skeletons)
+    return reference, moving_bar(args.width, args.height, args.frames)
 
 
 def main(argv=None) -> int:

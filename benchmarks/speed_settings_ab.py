@@ -20,48 +20,27 @@ import time
 
 import numpy as np
 import torch
+from pipeline_inputs import add_pipeline_arguments, load_pipeline, moving_bar
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="a pipeline folder, or tiny / sd15 (random weights)")
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--guidance", type=float, default=3.5)
-    parser.add_argument("--threads", type=int, default=None)
+    add_pipeline_arguments(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--setting", action="append", default=[], help="speed setting of B (repeatable)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="precision of B")
     return parser.parse_args(argv)
 
 
-def load(model: str, dtype: torch.dtype, settings: list[str]):
-    from animate_backend.pipeline import AnimateAnyonePipeline
-    from animate_backend.tiny import make_random_pipeline
-
-    if model in ("tiny", "sd15"):
-        pipe = make_random_pipeline(model).to(dtype=dtype)
-    else:
-        pipe = AnimateAnyonePipeline.from_pretrained(model, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.enable_speed(*settings)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    pipes = {"A": load(args.model, torch.float32, []), "B": load(args.model, dtype, args.setting)}
+    pipes = {"A": load_pipeline(args.model), "B": load_pipeline(args.model, args.precision, args.setting)}
 
     rng = np.random.default_rng(0)
     reference = rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
-    skeletons = np.zeros((args.frames, args.height, args.width, 3), dtype=np.uint8)
-    for i in range(args.frames):
-        x = (i * 7) % max(1, args.width - 8)
-        skeletons[i, args.height // 5 : 4 * args.height // 5, x : x + 8] = (255, 85, 0)
+    skeletons = np.stack(moving_bar(args.width, args.height, args.frames))
     latents = torch.randn((1, 4, args.frames, args.height // 8, args.width // 8), generator=torch.Generator().manual_seed(0))
     kwargs = dict(height=args.height, width=args.width, guidance_scale=args.guidance, latents=latents,
                   context_frames=min(24, args.frames), context_overlap=0 if args.frames <= 24 else 4)
