@@ -61,6 +61,15 @@ def uses_channels_last(pipe) -> bool:
     return bool(weights) and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
 
 
+def has_cpp_compiler() -> bool:
+    """Whether torch.compile's CPU code generation can find a C++ compiler."""
+    import os
+    import shutil
+
+    names = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
+    return any(name and shutil.which(name) for name in names)
+
+
 def compile_transformer_blocks(unet: nn.Module) -> int:
     """`torch.compile` every `BasicTransformerBlock` of `unet` in place; returns how many.
 
@@ -69,6 +78,11 @@ def compile_transformer_blocks(unet: nn.Module) -> int:
     """
     from diffusers.models.attention import BasicTransformerBlock
 
+    if not has_cpp_compiler():
+        raise RuntimeError(
+            'the "compile" speed setting needs a C++ compiler (g++ or clang++, or $CXX) for torch.compile; '
+            'install one, or choose speed "auto" or "channels_last"'
+        )
     if torch._dynamo.config.recompile_limit < COMPILE_VARIANTS:
         torch._dynamo.config.recompile_limit = COMPILE_VARIANTS
     blocks = [module for module in unet.modules() if isinstance(module, BasicTransformerBlock)]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from animate_backend.models.speed import SPEED_SETTINGS, uses_channels_last
+from animate_backend.models.speed import SPEED_SETTINGS, has_cpp_compiler, uses_channels_last
 from animate_backend.tiny import make_tiny_pipeline
 
 SIZE = 128
@@ -77,8 +77,19 @@ def test_channels_last_leaves_weights_and_saving_alone(tmp_path):
 
 
 def test_every_speed_setting_can_be_enabled_twice():
+    settings = SPEED_SETTINGS if has_cpp_compiler() else ("channels_last",)
     pipe = make_tiny_pipeline(seed=0)
-    pipe.enable_speed(*SPEED_SETTINGS).enable_speed(*SPEED_SETTINGS)
+    pipe.enable_speed(*settings).enable_speed(*settings)
+    assert uses_channels_last(pipe)
+
+
+def test_compile_without_a_cpp_compiler_says_what_to_do(monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match='needs a C\\+\\+ compiler .* choose speed "auto"'):
+        make_tiny_pipeline(seed=0).enable_speed("compile")
 
 
 def test_an_unknown_speed_setting_names_the_known_ones():
@@ -94,6 +105,7 @@ def test_bf16_on_the_cpu_stays_near_float32(reference_image, plain_outputs):
     assert relative_l2(latents, plain_outputs[0]) < BF16_LATENTS
 
 
+@pytest.mark.skipif(not has_cpp_compiler(), reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_transformer_blocks_compute_what_the_plain_ones_do():
     """Regional torch.compile, on one motion module (compiling the whole tiny UNet takes minutes
     on a small machine; every block is compiled the same way)."""
