@@ -17,7 +17,7 @@ Without Blender, through the bpy module (pip install bpy):
     python -m blender_addon.cli shot.blend -- --out /renders/sh010 --model tiny --frames 1-3
 
 It exports the job folder (--out), runs the backend synchronously
-(`<backend python> -m animate_backend run`, see backend_runner), optionally imports the
+(`<backend python> -m animate_backend run`, see connection/runner.py), optionally imports the
 video into the scene and saves the .blend. Farms that generate on other machines split
 this in two: --export-only writes the job folder, and after generation --import-only
 imports it (--save-as PATH keeps the shot itself untouched). Exit code 0 on success, 1

@@ -16,7 +16,7 @@ takes a while: it is done in small steps from poll() (job_export.JobExport), so 
 Blender stays responsive, shows how far it is, and Cancel works before the backend has
 the job.
 
-The runner is a backend_client.BackendClient (a local server process) or an
+The runner is a connection.client.BackendClient (a local server process) or an
 inprocess.InProcessRunner; both give protocol events.
 """
 

@@ -1,6 +1,6 @@
 """Running jobs inside Blender's own Python, for people who installed torch there.
 
-Same interface as backend_client.BackendClient (start, alive, ready, run, cancel,
+Same interface as connection.client.BackendClient (start, alive, ready, run, cancel,
 poll_events, shutdown) so the Generate controller does not care which one it drives.
 The job runs in a worker thread and its events go into a queue that the UI timer drains;
 Blender data is never touched from the worker (the job folder holds everything it needs).
