@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pose_bridge.backend_protocol import denoising_units
-from pose_bridge.cli_args import add_setting_arguments, number, whole
+from pose_bridge.cli_args import add_setting_arguments, whole
 from pose_bridge.job import JobPaths
-from pose_bridge.settings import GENERATION_SETTINGS, MAX_FPS, MAX_OUTPUT_SIDE, RUNTIME_SETTINGS
+from pose_bridge.settings import GENERATION_SETTINGS, MAX_OUTPUT_SIDE, RUNTIME_SETTINGS
 
 
 class ProgressBars:
@@ -151,7 +151,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output width (default: the reference image's, multiple of 8)")
     p.add_argument("--height", type=whole(at_least=8, at_most=MAX_OUTPUT_SIDE),
                    help="output height (default: the reference image's, multiple of 8)")
-    p.add_argument("--fps", type=number(above=0, at_most=MAX_FPS), help="video frame rate (default: the poses' own, else 24)")
+    add_setting_arguments(p, ("fps",), defaults={"fps": None}, default_notes={"fps": "the poses' own, else 24"})
     # Every generation setting, as pose_bridge.settings declares it (the sampler is the job's only).
     add_setting_arguments(p, [name for name in GENERATION_SETTINGS if name not in ("scheduler", "retarget")])
     add_setting_arguments(p, RUNTIME_SETTINGS)

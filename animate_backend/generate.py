@@ -133,8 +133,6 @@ def check_settings(
                                 ("steps", steps, "--steps"), ("guidance_scale", guidance_scale, "--guidance"),
                                 ("seed", seed, "--seed"), ("fps", fps, "--fps")):
         problem = check_value(name, value, option) if value is not None else ""
-        if not problem and name == "fps" and value is not None and not value > 0:
-            problem = f"--fps must be a number above 0, got {value}"
         if problem:
             raise InputError(problem)
     check_context(context_frames, context_overlap, context_schedule,

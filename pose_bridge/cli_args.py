@@ -97,7 +97,7 @@ def add_setting_arguments(
                                 type=whole(at_least=_whole_or_none(info.minimum), at_most=_whole_or_none(info.maximum)))
         elif isinstance(default_of(name), float):
             parser.add_argument(flag, dest=name, metavar="X", default=default, help=help_text,
-                                type=number(at_least=info.minimum, at_most=info.maximum))
+                                type=number(at_least=info.minimum, above=info.above, at_most=info.maximum))
         else:
             parser.add_argument(flag, dest=name, default=default, help=help_text)
 

@@ -38,6 +38,7 @@ class Setting:
     label: the add-on's name for it ("Guidance").
     help: one sentence, the command line's help and the add-on's tooltip.
     minimum / maximum: the accepted range (inclusive); None is unbounded.
+    above: an exclusive lower bound instead (fps: any number above 0).
     soft_maximum: where the add-on's slider stops (typing may go up to maximum).
     choices: (value, label, description) of each allowed value, for text settings.
     option: the command-line option's name without the dashes, when not the field's name
@@ -48,6 +49,7 @@ class Setting:
     help: str
     minimum: float | None = None
     maximum: float | None = None
+    above: float | None = None
     soft_maximum: float | None = None
     choices: tuple[tuple[str, str, str], ...] = ()
     option: str = ""
@@ -114,7 +116,7 @@ class JobSettings:
                          minimum=8, maximum=MAX_OUTPUT_SIDE)
     height: int = setting(768, label="Height", help="output height in pixels, a multiple of 8",
                           minimum=8, maximum=MAX_OUTPUT_SIDE)
-    fps: float = setting(24.0, label="FPS", help="frame rate of the video", maximum=MAX_FPS)
+    fps: float = setting(24.0, label="FPS", help="frame rate of the video", above=0.0, maximum=MAX_FPS)
     frame_start: int = setting(1, label="Start", help="first frame to generate")
     frame_end: int = setting(24, label="End", help="last frame to generate (included)")
     steps: int = setting(20, label="Steps", help="denoising steps (20-30 is usual)",
@@ -172,8 +174,6 @@ class JobSettings:
                 f"frame range {self.frame_start}-{self.frame_end} has no frames; set the end frame "
                 f"at or after the start frame"
             )
-        if not self.fps > 0:
-            problems.append(f"fps must be a positive number, got {self.fps}")
         if not self.context_overlap < max(1, self.context_frames):
             problems.append(
                 f"context overlap must be between 0 and the window length minus one "
@@ -246,7 +246,8 @@ def check_value(name: str, value: Any, label: str = "") -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             return f"{words} must be a finite number, got {value}"
-        if (info.minimum is not None and value < info.minimum) or (info.maximum is not None and value > info.maximum):
+        if ((info.minimum is not None and value < info.minimum) or (info.above is not None and value <= info.above)
+                or (info.maximum is not None and value > info.maximum)):
             return f"{words} must be {range_text(info, isinstance(default_of(name), int))}, got {value}"
     return ""
 
@@ -266,6 +267,8 @@ def range_text(info: Setting, whole: bool = False) -> str:
         return str(int(value)) if whole else f"{value:g}"
 
     kind = "a whole number" if whole else "a number"
+    if info.above is not None:
+        return f"{kind} above {show(info.above)}" + (f" and at most {show(info.maximum)}" if info.maximum is not None else "")
     if info.minimum is not None and info.maximum is not None:
         return f"{kind} from {show(info.minimum)} to {show(info.maximum)}"
     if info.minimum is not None:
