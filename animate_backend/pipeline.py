@@ -63,7 +63,9 @@ from animate_backend.context_windows import check_context, context_windows
 from animate_backend.errors import CancelledError, InputError, is_out_of_memory, out_of_memory_error
 from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
+from animate_backend.models.context_attention import install_single_token_cross_attention
 from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
+from animate_backend.pose_features import DEFAULT_BUDGET_BYTES, PoseFeatures
 from animate_backend.models.speed import enable_speed_setting
 from pose_bridge.settings import JobSettings
 
@@ -254,6 +256,8 @@ class AnimateAnyonePipeline(DiffusionPipeline):
     _optional_components: list[str] = []
     # What callback_on_step_end may read and replace after each step.
     _callback_tensor_inputs = ["latents"]
+    # Host memory for the Pose Guider features kept through a call (pose_features.py).
+    pose_feature_budget_bytes: int = DEFAULT_BUDGET_BYTES
 
     def __init__(
         self,
@@ -288,6 +292,8 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
         self._interrupt = False
         self.reference_bank: ReferenceBank = install_reference_attention(reference_unet, denoising_unet)
+        # The CLIP context is one token, so cross-attention needs no queries (models/context_attention.py).
+        install_single_token_cross_attention(reference_unet, denoising_unet)
         self.pose_injector = PoseFeatureInjector(denoising_unet)
 
     # -- diffusers' switches
@@ -399,20 +405,21 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         features = self.pose_guider(pixels)
         return features.permute(1, 0, 2, 3)[None]
 
-    def video_pose_features(self, skeletons: np.ndarray, device: torch.device, chunk: int) -> torch.Tensor:
-        """Pose Guider features of every frame, (1, C, F, h, w), computed `chunk` frames at a time.
+    def video_pose_features(self, skeletons: np.ndarray, height: int, width: int) -> PoseFeatures:
+        """The Pose Guider features of a video's frames, for its windows (see pose_features.py).
 
-        The Pose Guider sees one frame at a time, so a frame's features are the same in every
-        window and step: computing them once saves a tenth of the sampling time. They are kept
-        in host memory when the models run on an accelerator (each window's are copied over as
-        needed), so device memory does not grow with the video's length.
+        Frames go through the Pose Guider `POSE_GUIDER_CHUNK` at a time; the features of the
+        first frames, up to `self.pose_feature_budget_bytes`, are kept for the whole call, in
+        host memory, and the rest computed again for each window that needs them.
         """
-        store = torch.device("cpu")
-        parts = [
-            self.pose_features(skeletons[start : start + chunk], device).to(store)
-            for start in range(0, len(skeletons), chunk)
-        ]
-        return torch.cat(parts, dim=2)
+        device = self._execution_device
+        channels = self.pose_guider.config.conditioning_embedding_channels
+        latent_pixels = (height // self.vae_scale_factor) * (width // self.vae_scale_factor)
+        bytes_per_frame = channels * latent_pixels * self.pose_guider.dtype.itemsize
+        return PoseFeatures(
+            lambda frames: self.pose_features(frames, device), skeletons, bytes_per_frame,
+            POSE_GUIDER_CHUNK, self.pose_feature_budget_bytes,
+        )
 
     @torch.no_grad()
     def predict_noise(
@@ -691,7 +698,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         weight_sum = torch.zeros((1, 1, total, 1, 1), device=device, dtype=torch.float32)
         for frames, weights in zip(window_frames, window_weights):
             weight_sum.index_add_(2, frames, weights)
-        pose_features = self.video_pose_features(skeletons, device, POSE_GUIDER_CHUNK)
+        pose_features = self.video_pose_features(skeletons, height, width)
         with self.progress_bar(total=len(timesteps) * len(windows)) as progress_bar:
             for step, timestep in enumerate(timesteps):
                 if self.interrupt:
@@ -705,7 +712,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
                     frames = window_frames[index]
                     noise = self.predict_noise(
                         latents.index_select(2, frames), timestep,
-                        pose_features.index_select(2, torch.tensor(window.frames)), clip_embeds,
+                        pose_features.window(window.frames, device), clip_embeds,
                         guidance_scale, reference_in_uncond,
                     )
                     noise_sum.index_add_(2, frames, noise * window_weights[index])

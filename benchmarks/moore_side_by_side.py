@@ -25,6 +25,11 @@ decode, including the reference encoding) and decoding, each process's peak resi
 `--device cuda` (a CUDA torch in both environments) both sides run there in --precision, after
 one untimed warm-up call per process, and the peak CUDA memory of the timed call is printed too.
 
+With --count-flops the last run of each side makes one more, untimed call under torch's
+operation counter (`flop_count.py`) and it prints each side's GFLOP per frame (denoising and
+decoding) and the rate its timed runs achieved: how much of a difference in time is a
+difference in work, and how much is the speed of the kernels.
+
 Fidelity mode (--check-fidelity): one thread per process, and for each case the relative L2
 difference of the final latents (Moore's as the reference), the largest absolute difference of
 the decoded video (values in [0, 1]) and of the CLIP embedding, against the tolerances of the
@@ -118,6 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--speed", action="append", default=[], metavar="SETTING",
                         help="a speed setting of our pipeline to turn on (AnimateAnyonePipeline.enable_speed, "
                              "e.g. channels_last); repeatable; timed and fidelity-checked alike")
+    parser.add_argument("--count-flops", action="store_true",
+                        help="speed mode: the last run of each side counts its floating-point operations in one "
+                             "more, untimed call (matrix products, convolutions, attention)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side in speed mode (alternated)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process in speed mode (default: torch's default)")
@@ -382,7 +390,8 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
     arrays: dict[str, dict] = {}
     for repeat in range(args.repeats):
         for side in ("ours", "moore"):
-            result, arrays[side] = runner.run(side, inputs, settings)
+            last = repeat == args.repeats - 1
+            result, arrays[side] = runner.run(side, inputs, {**settings, "count_flops": args.count_flops and last})
             results[side].append(result)
             print(f"  run {repeat + 1} {side:<5}: {result['wall']:8.2f} s wall, {result['cpu']:8.2f} s CPU "
                   f"(denoise {result['denoise_wall']:.2f} s, decode {result['decode_wall']:.2f} s), "
@@ -408,12 +417,31 @@ def speed(args: argparse.Namespace, runner: Runner, inputs: dict) -> int:
         moore_device = max(r["peak_device_mib"] for r in results["moore"])
         print(f"  {'peak device memory, MiB':<34} {ours_device:>10.0f} {moore_device:>10.0f} "
               f"{ours_device / moore_device:>10.2f}x")
+    if args.count_flops:
+        print_flops(results, frames)
     if arrays:
         latents = rel_l2(arrays["ours"]["latents"], arrays["moore"]["latents"])
         video = np.abs(arrays["ours"]["video"] - arrays["moore"]["video"]).max()
         print(f"  outputs of the last runs: final latents differ by {latents:.2e} (relative L2), "
               f"video by {video:.2e} (max)")
     return 0
+
+
+def print_flops(results: dict[str, list[dict]], frames: int) -> None:
+    """Work per frame of each side's last run, and the rate its timed runs achieved."""
+    ours, moore = results["ours"][-1], results["moore"][-1]
+    print(f"\n  {'GFLOP per frame':<34} {'ours':>10} {'Moore':>10} {'Moore/ours':>11}")
+    for label, work in (("whole call", lambda r: r["gflop"]), ("  denoising", lambda r: r["gflop"] - r["decode_gflop"]),
+                        ("  decoding", lambda r: r["decode_gflop"])):
+        print(f"  {label:<34} {work(ours) / frames:>10.1f} {work(moore) / frames:>10.1f} "
+              f"{work(moore) / work(ours):>10.2f}x")
+    rate = {side: results[side][-1]["gflop"] / statistics.median(r["wall"] for r in results[side]) for side in results}
+    print(f"  {'GFLOP/s achieved (median wall)':<34} {rate['ours']:>10.1f} {rate['moore']:>10.1f} "
+          f"{rate['moore'] / rate['ours']:>10.2f}x")
+    for side in ("ours", "moore"):
+        operators = sorted(results[side][-1]["gflop_by_operator"].items(), key=lambda item: -item[1])
+        print(f"  {side} by operator (GFLOP per frame): "
+              + ", ".join(f"{name.removeprefix('aten.')} {value / frames:.1f}" for name, value in operators))
 
 
 # ----------------------------------------------------------------------------- main

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+import flop_count  # a sibling of this script
+
 
 def rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -127,6 +129,8 @@ def main(argv=None) -> int:
     def timed_decode(latents):
         record["latents"] = latents.detach().float().cpu().numpy().copy()
         record["decode_start"] = clock(device)
+        if flop_count.active() is not None:
+            record["decode_start_gflop"] = flop_count.active().gflop()
         try:
             return decode_latents(latents)
         finally:
@@ -173,6 +177,12 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "weights_dtype": str(pipe.denoising_unet.dtype),
     }
+    if job.get("count_flops"):  # one more, untimed call: counting slows it several-fold
+        with flop_count.FlopCount() as count:
+            call()
+        result["gflop"] = count.gflop()
+        result["decode_gflop"] = count.gflop() - record["decode_start_gflop"]
+        result["gflop_by_operator"] = count.by_operator()
     (job_folder / "result.json").write_text(json.dumps(result, indent=1))
     frames = np.asarray(video[0].permute(1, 2, 3, 0).float().cpu().numpy(), dtype=np.float32)  # (F, H, W, 3)
     np.savez(job_folder / "result.npz", latents=record["latents"], video=frames, clip=clip[0].float().cpu().numpy())

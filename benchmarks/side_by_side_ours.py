@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+import flop_count  # a sibling of this script
+
 # The random models: "narrow" (our tiny test model's widths) and "sd15" (the released
 # architecture). Three things differ from our tiny test config, so that the
 # same files mean the same model to Moore's code:
@@ -177,6 +179,8 @@ def run(job_folder: Path) -> None:
     def timed_decode(latents, *args, **kwargs):
         record["latents"] = latents.detach().float().cpu().numpy().copy()
         record["decode_start"] = clock(device)
+        if flop_count.active() is not None:
+            record["decode_start_gflop"] = flop_count.active().gflop()
         try:
             return decode_video(latents, *args, **kwargs)
         finally:
@@ -222,6 +226,12 @@ def run(job_folder: Path) -> None:
         "weights_dtype": str(pipe.denoising_unet.dtype),
         "speed": job.get("speed", []),
     }
+    if job.get("count_flops"):  # one more, untimed call: counting slows it several-fold
+        with flop_count.FlopCount() as count:
+            pipe(inputs["reference"], skeletons, **kwargs)
+        result["gflop"] = count.gflop()
+        result["decode_gflop"] = count.gflop() - record["decode_start_gflop"]
+        result["gflop_by_operator"] = count.by_operator()
     (job_folder / "result.json").write_text(json.dumps(result, indent=1))
     np.savez(job_folder / "result.npz", latents=record["latents"], video=np.asarray(video, dtype=np.float32),
              clip=clip[0].float().cpu().numpy())

@@ -11,6 +11,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch.nn import functional as F
 
 from animate_backend.configs import load_size_config
+from animate_backend.models.context_attention import SingleTokenCrossAttention
 from animate_backend.models import (
     PoseFeatureInjector,
     PoseGuider,
@@ -187,12 +188,15 @@ def test_processors_go_on_the_16_spatial_self_attentions_only(tiny_pipe):
         layer = name.removesuffix(".processor")
         if layer in names:
             assert isinstance(processor, ReferenceReader) and processor.layer == layer
-        else:  # cross-attention and all 42 motion-module attentions keep diffusers' processor
+        elif ".attentions." in f".{layer}":  # the cross-attention to the one CLIP token
+            assert layer.endswith(".attn2") and isinstance(processor, SingleTokenCrossAttention)
+        else:  # all 42 motion-module attentions keep diffusers' processor
             assert isinstance(processor, AttnProcessor2_0)
     motion = [n for n in denoising.attn_processors if ".motion_modules." in n]
     assert len(motion) == 21 * 2
     for name, processor in tiny_pipe.reference_unet.attn_processors.items():
-        expected = ReferenceWriter if name.removesuffix(".processor") in names else AttnProcessor2_0
+        layer = name.removesuffix(".processor")
+        expected = ReferenceWriter if layer in names else SingleTokenCrossAttention
         assert isinstance(processor, expected)
 
 
