@@ -21,8 +21,8 @@ Reads top to bottom like a diffusers pipeline:
    in their own dtype (fp16/bf16 on GPU, fp32 on CPU).
 4. The VAE decodes the final latents in chunks; each chunk is handed to `on_frames` as soon as
    it exists, so with `output_type=None` no decoded frame is kept and memory does not grow with
-   the video's length (host memory holds the latents and the skeletons: about 1.2 MB per frame
-   at 512x768). Decoded chunks go through diffusers' VideoProcessor; VAE slicing and tiling
+   the video's length (host memory holds the latents, and the Pose Guider features of the
+   first frames up to a budget: `pose_features.py`; skeletons are drawn when a window needs them). Decoded chunks go through diffusers' VideoProcessor; VAE slicing and tiling
    (`enable_vae_slicing`, `enable_vae_tiling`) apply to each chunk.
 
 diffusers' switches work as on its own pipelines: `enable_model_cpu_offload()` and
@@ -45,7 +45,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
@@ -65,7 +65,8 @@ from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
 from animate_backend.models.context_attention import install_single_token_cross_attention
 from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
-from animate_backend.pose_features import DEFAULT_BUDGET_BYTES, PoseFeatures
+from animate_backend.images import border_colour, letterbox, pad_to_square, to_rgb_array
+from animate_backend.pose_features import DEFAULT_BUDGET_BYTES, POSE_GUIDER_CHUNK, PoseFeatures, SkeletonImages
 from animate_backend.models.speed import enable_speed_setting
 from pose_bridge.settings import JobSettings
 
@@ -92,12 +93,6 @@ def default_decode_chunk_size(device: torch.device | str) -> int:
     0.4 GiB above the model. Accelerators decode a larger chunk faster.
     """
     return 2 if torch.device(device).type == "cpu" else 8
-
-
-# Frames per Pose Guider call. Its first layers run at full pixel resolution (16 channels: 4 MiB
-# per frame at 256x256, 25 MiB at 512x768), so a whole window at once was the largest single
-# allocation of a narrow model's call; 4 frames took 50 MiB off the peak at 256x256 and cost no time.
-POSE_GUIDER_CHUNK = 4
 
 
 def make_clip_image_processor(**kwargs):
@@ -145,87 +140,6 @@ class AnimateAnyoneOutput(BaseOutput):
 
     frames: Any = None
 
-
-# ----------------------------------------------------------------------------- preprocessing
-
-
-def to_rgb_array(image: PIL.Image.Image | np.ndarray, what: str = "image") -> np.ndarray:
-    """An RGB uint8 (H, W, 3) array from a PIL image or a uint8 (H, W, 3|4) array.
-
-    Transparency (a render with a transparent film, say) is composited onto white, by the one
-    rule every image reader follows (pose_bridge.image_io.flatten_to_rgb8).
-    """
-    from pose_bridge.image_io import flatten_to_rgb8, pil_to_rgb8
-
-    if isinstance(image, PIL.Image.Image):
-        return pil_to_rgb8(image, what)
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise InputError(
-            f"{what} must be a PIL image or a uint8 array of shape (H, W, 3), "
-            f"got {array.dtype} array of shape {array.shape}"
-        )
-    return flatten_to_rgb8(array, what)
-
-
-def border_colour(image: np.ndarray) -> tuple[int, int, int]:
-    """Mean colour of the outermost pixels: padding in it reads as more background."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float64)
-    return tuple(int(round(c)) for c in border.mean(axis=0))
-
-
-def letterbox(image: np.ndarray, width: int, height: int, fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
-    """Fit `image` into width x height with its aspect kept, centred, the rest filled with `fill`.
-
-    The same mapping as `Pose.fitted(width, height)`, so skeletons drawn from fitted poses and
-    letterboxed images line up.
-    """
-    src_h, src_w = image.shape[:2]
-    if (src_w, src_h) == (width, height):
-        return image
-    scale = min(width / src_w, height / src_h)
-    new_w = max(1, round(src_w * scale))
-    new_h = max(1, round(src_h * scale))
-    resized = np.asarray(PIL.Image.fromarray(image).resize((new_w, new_h), PIL.Image.Resampling.LANCZOS))
-    canvas = np.empty((height, width, 3), dtype=np.uint8)
-    canvas[:] = fill
-    left = round((width - src_w * scale) / 2.0)
-    top = round((height - src_h * scale) / 2.0)
-    left = min(max(left, 0), width - new_w)
-    top = min(max(top, 0), height - new_h)
-    canvas[top : top + new_h, left : left + new_w] = resized
-    return canvas
-
-
-def pad_to_square(image: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
-    height, width = image.shape[:2]
-    side = max(height, width)
-    return letterbox(image, side, side, fill) if height != width else image
-
-
-def draw_skeletons(poses, width: int, height: int, draw_hands: bool = True, draw_face: bool = True) -> np.ndarray:
-    """Skeleton images (F, height, width, 3) uint8 from a PoseSequence or from skeleton images.
-
-    Poses are fitted to the output size (aspect kept) and drawn there, with strokes scaled to
-    the resolution, so nothing is lost to resizing an image. Images are letterboxed.
-    """
-    if hasattr(poses, "frames") and hasattr(poses, "fps"):  # a pose_bridge PoseSequence
-        from pose_bridge.drawing import draw_pose, stroke_scale_for
-
-        stroke = stroke_scale_for(width, height)
-        frames = [
-            draw_pose(pose.fitted(width, height), hands=draw_hands, face=draw_face, stroke_scale=stroke)
-            for pose in poses.frames
-        ]
-    else:
-        if isinstance(poses, np.ndarray) and poses.ndim == 4:
-            poses = list(poses)
-        if not isinstance(poses, Sequence) or isinstance(poses, (str, bytes)):
-            raise InputError("poses must be a pose_bridge PoseSequence or a list of skeleton images")
-        frames = [letterbox(to_rgb_array(image, f"skeleton image {i}"), width, height) for i, image in enumerate(poses)]
-    if not frames:
-        raise InputError("no poses were given: the video needs at least one frame")
-    return np.stack(frames)
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -405,7 +319,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         features = self.pose_guider(pixels)
         return features.permute(1, 0, 2, 3)[None]
 
-    def video_pose_features(self, skeletons: np.ndarray, height: int, width: int) -> PoseFeatures:
+    def video_pose_features(self, skeletons: SkeletonImages, height: int, width: int) -> PoseFeatures:
         """The Pose Guider features of a video's frames, for its windows (see pose_features.py).
 
         Frames go through the Pose Guider `POSE_GUIDER_CHUNK` at a time; the features of the
@@ -633,7 +547,7 @@ class AnimateAnyonePipeline(DiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        skeletons = draw_skeletons(poses, width, height, draw_hands, draw_face) if _size_ok(width, height) else None
+        skeletons = SkeletonImages(poses, width, height, draw_hands, draw_face) if _size_ok(width, height) else None
         self.check_inputs(
             height, width, num_frames, 0 if skeletons is None else len(skeletons),
             context_frames, context_overlap, output_type, latents, num_inference_steps, context_schedule,

@@ -41,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs (default 1 on CUDA, 0 on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--pose-feature-budget-mib", type=float, default=None,
+                        help="host memory for kept Pose Guider features (default: the pipeline's)")
     args = parser.parse_args(argv)
     for key, value in DEFAULTS[args.size].items():
         if getattr(args, key) is None:
@@ -52,13 +54,29 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def walking_poses(frames: int, width: int, height: int):
+    """A PoseSequence (what the job runner passes): a stick figure crossing the frame.
+
+    Poses, not images, so that the pipeline draws each skeleton when a window needs it, as it
+    does in a job, and the benchmark's own input does not grow with the length.
+    """
+    from pose_bridge.keypoints import Pose, PoseSequence
+
+    sequence = []
+    for i in range(frames):
+        pose = Pose(width, height)
+        x = width * (0.2 + 0.6 * (i % 48) / 48)
+        for index, (dx, dy) in {0: (0, 0.15), 1: (0, 0.25), 2: (-0.08, 0.25), 5: (0.08, 0.25), 8: (-0.05, 0.55),
+                                11: (0.05, 0.55), 9: (-0.05, 0.75), 12: (0.05, 0.75)}.items():
+            pose.body[index] = (x + dx * width, dy * height, 1.0)
+        sequence.append(pose)
+    return PoseSequence(sequence, fps=24)
+
+
 def run(pipe, args, device, frames: int, steps: int) -> dict:
     reference = np.full((args.height, args.width, 3), 128, dtype=np.uint8)
     reference[args.height // 4 : 3 * args.height // 4, args.width // 3 : 2 * args.width // 3] = (200, 80, 60)
-    skeletons = np.zeros((frames, args.height, args.width, 3), dtype=np.uint8)
-    for i in range(frames):
-        x = (i * 7) % max(1, args.width - 8)
-        skeletons[i, args.height // 5 : 4 * args.height // 5, x : x + 8] = (255, 85, 0)
+    poses = walking_poses(frames, args.width, args.height)
     windows = [0]
 
     def on_progress(info: dict) -> None:
@@ -69,7 +87,7 @@ def run(pipe, args, device, frames: int, steps: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     pipe(
-        reference, skeletons, height=args.height, width=args.width, num_inference_steps=steps,
+        reference, poses, height=args.height, width=args.width, num_inference_steps=steps,
         guidance_scale=args.guidance, generator=torch.Generator().manual_seed(0),
         context_frames=min(args.context_frames, frames) if frames < args.context_frames else args.context_frames,
         context_overlap=args.context_overlap if frames > args.context_frames else 0,
@@ -93,6 +111,8 @@ def main(argv=None) -> int:
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
+    if args.pose_feature_budget_mib is not None:
+        pipe.pose_feature_budget_bytes = int(args.pose_feature_budget_mib * 2**20)
     built = time.perf_counter() - built
     print(f"pipeline {args.size} on {device} in {dtype} built in {built:.1f} s; "
           f"{args.width}x{args.height}, {args.frames} frames, {args.steps} steps, CFG {args.guidance}, "

@@ -371,7 +371,7 @@ class AnimateAnyoneDataset(torch.utils.data.Dataset):
         if self.clip_processor is not None:
             # As the pipeline does: CLIP sees the reference padded to a square with its own
             # border colour, so CLIP's centre crop never cuts the character.
-            from animate_backend.pipeline import border_colour, pad_to_square
+            from animate_backend.images import border_colour, pad_to_square
 
             square = pad_to_square(reference, border_colour(reference))
             sample["clip_pixel_values"] = self.clip_processor(images=square, return_tensors="pt").pixel_values[0]

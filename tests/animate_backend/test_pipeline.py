@@ -12,7 +12,8 @@ import torch
 
 from animate_backend.context_windows import context_windows, coverage
 from animate_backend.errors import CancelledError, InputError, OutOfMemoryError
-from animate_backend.pipeline import POSE_GUIDER_CHUNK, letterbox
+from animate_backend.images import letterbox
+from animate_backend.pose_features import POSE_GUIDER_CHUNK
 
 STEPS = 2
 
@@ -72,7 +73,7 @@ def test_loop_windows_are_moores_closed_loop():
 
 
 def test_shapes_through_every_component(tiny_pipe, reference_image, skeletons):
-    from animate_backend.pipeline import draw_skeletons
+    from animate_backend.pose_features import draw_skeletons
 
     pipe, cpu = tiny_pipe, torch.device("cpu")
     pixels, clip_image = pipe.prepare_reference(reference_image, 48, 64)  # W 48, H 64; the image is 72x96
@@ -159,7 +160,7 @@ def test_reference_in_both_branches_is_a_different_guidance(tiny_pipe, reference
 
 def test_one_window_equals_plain_sampling_over_all_frames(tiny_pipe, reference_image, skeletons):
     """When every frame fits in one window, the windowed sampler is ordinary DDIM sampling."""
-    from animate_backend.pipeline import draw_skeletons
+    from animate_backend.pose_features import draw_skeletons
 
     pipe, poses = tiny_pipe, skeletons(6)
     latents = torch.randn(1, 4, 6, 8, 8, generator=torch.Generator().manual_seed(3))
@@ -219,7 +220,7 @@ def test_loop_schedule_is_moores_wrapping_windows_with_a_plain_mean(
     tiny_pipe, reference_image, skeletons, guidance_scale
 ):
     """8 frames, windows of 4, overlap 2: [0-3] [2-5] [4-7] [6 7 0 1], each frame the mean of two."""
-    from animate_backend.pipeline import draw_skeletons
+    from animate_backend.pose_features import draw_skeletons
 
     pipe, poses = tiny_pipe, skeletons(8)
     latents = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -323,7 +324,7 @@ def test_letterbox_keeps_aspect_and_lines_up_with_fitted_poses():
 
 
 def test_transparent_references_are_composited_onto_white():
-    from animate_backend.pipeline import to_rgb_array
+    from animate_backend.images import to_rgb_array
 
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[:2, :, :] = (200, 0, 0, 255)  # opaque red top, transparent bottom
@@ -337,7 +338,7 @@ def test_transparent_references_are_composited_onto_white():
 def test_pose_sequences_are_drawn_at_the_output_size(tiny_pipe, reference_image):
     from pose_bridge.keypoints import Pose, PoseSequence
 
-    from animate_backend.pipeline import draw_skeletons
+    from animate_backend.pose_features import draw_skeletons
 
     frames = []
     for i in range(3):

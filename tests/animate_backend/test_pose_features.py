@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from animate_backend.pipeline import POSE_GUIDER_CHUNK
+from animate_backend.pose_features import POSE_GUIDER_CHUNK
 from animate_backend.pose_features import PoseFeatures
 
 
@@ -77,3 +77,36 @@ def test_the_video_is_the_same_with_a_small_budget(tiny_pipe, reference_image, s
     # windows 0-7 and 4-11, two steps: frames 0-2 once, the other 9 frames each time a window holds them.
     windows_holding = {frame: (frame < 8) + (frame >= 4) for frame in range(12)}
     assert sum(posed_frames) == 3 + 2 * sum(windows_holding[frame] for frame in range(3, 12))
+
+
+def test_skeleton_images_are_made_frame_by_frame_as_asked():
+    from pose_bridge.keypoints import Pose, PoseSequence
+
+    from animate_backend.pose_features import SkeletonImages, draw_skeletons
+
+    frames = []
+    for i in range(4):
+        pose = Pose(128, 256)
+        pose.body[1] = (64, 60 + 10 * i, 1.0)
+        pose.body[2] = (40, 62, 1.0)
+        frames.append(pose)
+    sequence = PoseSequence(frames, fps=24)
+    lazy = SkeletonImages(sequence, 64, 64)
+    every = draw_skeletons(sequence, 64, 64)
+    assert len(lazy) == 4 and every.shape == (4, 64, 64, 3)
+    assert np.array_equal(lazy.frames([3, 1]), every[[3, 1]])
+    images = SkeletonImages(list(every[:, :32]), 64, 64)  # 64x32 images, letterboxed into 64x64
+    assert images.frames([0]).shape == (1, 64, 64, 3)
+
+
+def test_a_bad_skeleton_image_stops_the_call_before_any_work():
+    import pytest
+
+    from animate_backend.errors import InputError
+    from animate_backend.pose_features import SkeletonImages
+
+    good = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(InputError, match="skeleton image 2"):
+        SkeletonImages([good, good, np.zeros((8, 8), np.float32)], 8, 8)
+    with pytest.raises(InputError, match="at least one frame"):
+        SkeletonImages([], 8, 8)

@@ -121,7 +121,7 @@ def test_transparency_is_composited_onto_white_by_every_reader(tmp_path):
     from PIL import Image
 
     pytest.importorskip("torch", reason="the pipeline's preprocessing needs the backend's environment")
-    from animate_backend.pipeline import to_rgb_array
+    from animate_backend.images import to_rgb_array
 
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[:, :, :3] = (200, 40, 10)
