@@ -12,8 +12,9 @@ Reads top to bottom like a diffusers pipeline:
    more to a square, so CLIP's centre crop never cuts the character.
 2. CLIP embeds the reference (one context token); the VAE encodes it (posterior mean x scaling);
    the ReferenceNet runs once at timestep 0 and its writers fill the reference bank.
-3. Denoising: each step, every context window (`context_windows.py`) runs the Pose Guider on
-   its skeletons and the denoising UNet on its latents (classifier-free guidance batched: the
+3. Denoising: each step, every context window (`context_windows.py`) takes its frames' Pose
+   Guider features (computed once per call within a memory budget: `pose_features.py`) and
+   runs the denoising UNet on its latents (classifier-free guidance batched: the
    unconditional half has a zero CLIP embedding and no reference attention, the same pose);
    noise predictions are blended per frame with the windows' weights (tapered cross-fades by
    default, or Moore's wrapping windows with a plain mean: `context_schedule`), then the

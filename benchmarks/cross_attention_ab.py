@@ -23,14 +23,12 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from pipeline_inputs import add_pipeline_arguments, load_pipeline, moving_bar
 
 from animate_backend.models.context_attention import SingleTokenCrossAttention, spatial_cross_attention_names
+from animate_backend.models.reference_attention import replace_processors
 
 
 def use_processor(pipe, make) -> None:
     for unet in (pipe.reference_unet, pipe.denoising_unet):
-        processors = dict(unet.attn_processors)
-        for name in spatial_cross_attention_names(unet):
-            processors[f"{name}.processor"] = make()
-        unet.set_attn_processor(processors)
+        replace_processors(unet, spatial_cross_attention_names(unet), lambda layer: make())
 
 
 def main(argv=None) -> int:

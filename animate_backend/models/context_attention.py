@@ -26,6 +26,8 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
+from animate_backend.models.reference_attention import replace_processors, spatial_attention_names
+
 
 class SingleTokenCrossAttention:
     """Attention processor: `to_out(to_v(context))` broadcast when the context is one token."""
@@ -70,23 +72,15 @@ def spatial_cross_attention_names(unet: nn.Module) -> list[str]:
 
     The motion modules' `attn2` (a second temporal self-attention) are not among them.
     """
-    names = []
-    for name in unet.attn_processors:
-        layer = name.removesuffix(".processor")
-        if ".attentions." in f".{layer}" and layer.endswith(".attn2"):
-            names.append(layer)
-    return names
+    return spatial_attention_names(unet, "attn2")
 
 
 def install_single_token_cross_attention(*unets: nn.Module) -> int:
     """Put `SingleTokenCrossAttention` on the spatial `attn2` layers of each UNet; returns how many."""
     installed = 0
+    shared = SingleTokenCrossAttention()  # it holds no state
     for unet in unets:
         layers = spatial_cross_attention_names(unet)
-        processors = dict(unet.attn_processors)
-        shared = SingleTokenCrossAttention()
-        for layer in layers:
-            processors[f"{layer}.processor"] = shared
-        unet.set_attn_processor(processors)
+        replace_processors(unet, layers, lambda layer: shared)
         installed += len(layers)
     return installed

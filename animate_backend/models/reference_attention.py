@@ -32,18 +32,21 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def spatial_self_attention_names(unet: nn.Module) -> list[str]:
-    """Module names of the spatial transformers' self-attention layers (`...attentions.N...attn1`).
-
-    16 for an SD 1.5 UNet: down_blocks 0-2 (2 each), mid_block (1), up_blocks 1-3 (3 each).
-    Motion modules (`...motion_modules...`) are excluded.
-    """
+def spatial_attention_names(unet: nn.Module, attention: str) -> list[str]:
+    """Module names of the spatial transformers' `attention` layers ("attn1" or "attn2"):
+    `...attentions.N...attn1`. Motion modules (`...motion_modules...`) are excluded."""
     names = []
     for name in unet.attn_processors:
         layer = name.removesuffix(".processor")
-        if ".attentions." in f".{layer}" and layer.endswith(".attn1"):
+        if ".attentions." in f".{layer}" and layer.endswith(f".{attention}"):
             names.append(layer)
     return names
+
+
+def spatial_self_attention_names(unet: nn.Module) -> list[str]:
+    """The spatial self-attention layers: 16 for an SD 1.5 UNet, down_blocks 0-2 (2 each),
+    mid_block (1), up_blocks 1-3 (3 each)."""
+    return spatial_attention_names(unet, "attn1")
 
 
 class ReferenceBank:
@@ -223,7 +226,8 @@ def _runs(flags) -> list[tuple[int, int, bool]]:
     return runs
 
 
-def _replace_processors(unet: nn.Module, layers: list[str], make) -> None:
+def replace_processors(unet: nn.Module, layers: list[str], make) -> None:
+    """Give each of `layers` the processor `make(layer)`; the other layers keep theirs."""
     processors = dict(unet.attn_processors)
     for layer in layers:
         processors[f"{layer}.processor"] = make(layer)
@@ -249,12 +253,12 @@ def install_reference_attention(
             f"(only in ReferenceNet: {only_ref}; only in denoising UNet: {only_den}); "
             "both must be built from the same UNet config"
         )
-    _replace_processors(reference_unet, writer_layers, lambda layer: ReferenceWriter(bank, layer))
-    _replace_processors(denoising_unet, reader_layers, lambda layer: ReferenceReader(bank, layer))
+    replace_processors(reference_unet, writer_layers, lambda layer: ReferenceWriter(bank, layer))
+    replace_processors(denoising_unet, reader_layers, lambda layer: ReferenceReader(bank, layer))
     return bank
 
 
 def remove_reference_attention(reference_unet: nn.Module, denoising_unet: nn.Module) -> None:
     """Put diffusers' default SDPA processor back on the layers that had writers/readers."""
     for unet in (reference_unet, denoising_unet):
-        _replace_processors(unet, spatial_self_attention_names(unet), lambda layer: AttnProcessor2_0())
+        replace_processors(unet, spatial_self_attention_names(unet), lambda layer: AttnProcessor2_0())

@@ -11,6 +11,7 @@ from animate_backend.models.context_attention import (
     install_single_token_cross_attention,
     spatial_cross_attention_names,
 )
+from animate_backend.models.reference_attention import replace_processors
 from animate_backend.tiny import make_tiny_pipeline
 
 # float32: the shortcut is the value path of the full computation, so only rounding differs.
@@ -75,10 +76,7 @@ def test_the_pipeline_video_matches_diffusers_cross_attention(reference_image):
     fast = video(make_tiny_pipeline(seed=0))
     general = make_tiny_pipeline(seed=0)
     for unet in (general.reference_unet, general.denoising_unet):
-        processors = dict(unet.attn_processors)
-        for name in spatial_cross_attention_names(unet):
-            processors[f"{name}.processor"] = AttnProcessor2_0()
-        unet.set_attn_processor(processors)
+        replace_processors(unet, spatial_cross_attention_names(unet), lambda layer: AttnProcessor2_0())
     assert np.abs(fast - video(general)).max() < 1e-4
 
 
