@@ -23,7 +23,8 @@ Reads top to bottom like a diffusers pipeline:
 4. The VAE decodes the final latents in chunks; each chunk is handed to `on_frames` as soon as
    it exists, so with `output_type=None` no decoded frame is kept and memory does not grow with
    the video's length (host memory holds the latents, and the Pose Guider features of the
-   first frames up to a budget: `pose_features.py`; skeletons are drawn when a window needs them). Decoded chunks go through diffusers' VideoProcessor; VAE slicing and tiling
+   first frames up to a budget: `pose_features.py`; skeletons are drawn when a window needs
+   them). Decoded chunks go through diffusers' VideoProcessor; VAE slicing and tiling
    (`enable_vae_slicing`, `enable_vae_tiling`) apply to each chunk.
 
 diffusers' switches work as on its own pipelines: `enable_model_cpu_offload()` and
@@ -62,13 +63,13 @@ from transformers import CLIPVisionModelWithProjection
 
 from animate_backend.context_windows import check_context, context_windows
 from animate_backend.errors import CancelledError, InputError, is_out_of_memory, out_of_memory_error
+from animate_backend.images import border_colour, letterbox, pad_to_square, to_rgb_array
+from animate_backend.models.context_attention import install_single_token_cross_attention
 from animate_backend.models.motion_norm import set_motion_norm
 from animate_backend.models.pose_guider import PoseFeatureInjector, PoseGuider
-from animate_backend.models.context_attention import install_single_token_cross_attention
 from animate_backend.models.reference_attention import ReferenceBank, install_reference_attention
-from animate_backend.images import border_colour, letterbox, pad_to_square, to_rgb_array
-from animate_backend.pose_features import DEFAULT_BUDGET_BYTES, POSE_GUIDER_CHUNK, PoseFeatures, SkeletonImages
 from animate_backend.models.speed import enable_speed_setting
+from animate_backend.pose_features import DEFAULT_BUDGET_BYTES, POSE_GUIDER_CHUNK, PoseFeatures, SkeletonImages
 from pose_bridge.settings import JobSettings
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,6 @@ class AnimateAnyoneOutput(BaseOutput):
     (output_type=None: frames were only streamed to on_frames)."""
 
     frames: Any = None
-
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -93,7 +93,7 @@ class PoseFeatures:
         compute: skeleton images (n, H, W, 3) uint8 -> their features (1, C, n, h, w); called with
             at most `chunk` frames at a time, so the Pose Guider's full-resolution first layers
             stay small.
-        skeletons: the video's skeleton images: `SkeletonImages`, or an (F, H, W, 3) uint8 array.
+        skeletons: the video's skeleton images.
         bytes_per_frame: the size of one frame's features, to apply the budget.
         chunk: frames per `compute` call.
         budget_bytes: host memory for kept features; frames past it are computed on each use.
@@ -102,7 +102,7 @@ class PoseFeatures:
     def __init__(
         self,
         compute: Callable[[np.ndarray], torch.Tensor],
-        skeletons: SkeletonImages | np.ndarray,
+        skeletons: SkeletonImages,
         bytes_per_frame: int,
         chunk: int,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
@@ -137,8 +137,7 @@ class PoseFeatures:
         features: list[torch.Tensor] = []
         for start in range(0, len(frames), self.chunk):
             part = frames[start : start + self.chunk]
-            images = self.skeletons.frames(part) if isinstance(self.skeletons, SkeletonImages) else self.skeletons[part]
-            computed = self.compute(images)[0]  # (C, n, h, w)
+            computed = self.compute(self.skeletons.frames(part))[0]  # (C, n, h, w)
             features.extend(computed.unbind(1))
             self.computed_frames += len(part)
         return features

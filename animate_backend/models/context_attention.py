@@ -7,9 +7,9 @@ query. The layer's output is therefore `to_out(to_v(context))`, the same vector 
 position of a row.
 
 `SingleTokenCrossAttention` computes that vector once per row and broadcasts it. It skips
-the query and key projections, the attention itself and all but one row of the output
-projection: about 2 C^2 multiply-adds per token of the 22 C^2 a spatial transformer block
-costs, or 5-10% of a denoising step at SD 1.5 widths (docs/performance.md). The result is the
+the query projection, the attention itself and all but one row of the output projection:
+about 2 C^2 multiply-adds per token of the 22 C^2 a spatial transformer block costs, 2.6% of
+the work of a denoising step at SD 1.5 widths (counted; docs/performance.md). The result is the
 same arithmetic on the value path, so the same to float32 rounding. With more than one
 context token, a mask, or an attention layer with normalisations on its inputs it hands the
 call to diffusers' own processor.

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from animate_backend.pose_features import POSE_GUIDER_CHUNK
-from animate_backend.pose_features import PoseFeatures
+from animate_backend.pose_features import PoseFeatures, SkeletonImages
 
 
 def fake_guider(calls: list[int]):
@@ -20,10 +20,10 @@ def fake_guider(calls: list[int]):
     return compute
 
 
-def numbered_frames(count: int) -> np.ndarray:
+def numbered_frames(count: int) -> SkeletonImages:
     frames = np.zeros((count, 2, 2, 3), np.uint8)
     frames[:, 0, 0, 0] = np.arange(count)
-    return frames
+    return SkeletonImages(frames, 2, 2)
 
 
 def test_frames_within_the_budget_are_computed_once():
@@ -82,7 +82,7 @@ def test_the_video_is_the_same_with_a_small_budget(tiny_pipe, reference_image, s
 def test_skeleton_images_are_made_frame_by_frame_as_asked():
     from pose_bridge.keypoints import Pose, PoseSequence
 
-    from animate_backend.pose_features import SkeletonImages, draw_skeletons
+    from animate_backend.pose_features import draw_skeletons
 
     frames = []
     for i in range(4):
@@ -103,7 +103,6 @@ def test_a_bad_skeleton_image_stops_the_call_before_any_work():
     import pytest
 
     from animate_backend.errors import InputError
-    from animate_backend.pose_features import SkeletonImages
 
     good = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(InputError, match="skeleton image 2"):
