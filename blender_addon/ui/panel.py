@@ -38,10 +38,24 @@ class ANIMATE_UL_bone_map(UIList):
         return flags, []
 
 
+def split_layout(layout):
+    """`layout` with labels beside their fields, as Blender's property panels draw them."""
+    layout.use_property_split = True
+    layout.use_property_decorate = False
+    return layout
+
+
 class AnimatePanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "Animate"
+
+
+class AnimateSubPanel(AnimatePanel):
+    """A closed-by-default section under the main panel."""
+
+    bl_parent_id = "ANIMATE_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
 
 
 class ANIMATE_PT_main(AnimatePanel, Panel):
@@ -49,11 +63,9 @@ class ANIMATE_PT_main(AnimatePanel, Panel):
     bl_label = "Animate Anyone"
 
     def draw(self, context):
-        layout = self.layout
+        layout = split_layout(self.layout)
         scene = context.scene
         settings = scene.animate_anyone
-        layout.use_property_split = True
-        layout.use_property_decorate = False
 
         col = layout.column()
         col.prop(settings, "armature")
@@ -124,11 +136,9 @@ def _draw_run(layout, context) -> None:
         box.operator("animate_anyone.stop_backend", icon="X")
 
 
-class ANIMATE_PT_mapping(AnimatePanel, Panel):
+class ANIMATE_PT_mapping(AnimateSubPanel, Panel):
     bl_idname = "ANIMATE_PT_mapping"
     bl_label = "Bone Mapping"
-    bl_parent_id = "ANIMATE_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         layout = self.layout
@@ -170,11 +180,9 @@ class ANIMATE_PT_mapping(AnimatePanel, Panel):
                     col.label(text=line)
 
 
-class ANIMATE_PT_skeleton(AnimatePanel, Panel):
+class ANIMATE_PT_skeleton(AnimateSubPanel, Panel):
     bl_idname = "ANIMATE_PT_skeleton"
     bl_label = "Skeleton"
-    bl_parent_id = "ANIMATE_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         layout = self.layout
@@ -186,16 +194,12 @@ class ANIMATE_PT_skeleton(AnimatePanel, Panel):
         layout.prop(settings, "neck")
 
 
-class ANIMATE_PT_reference(AnimatePanel, Panel):
+class ANIMATE_PT_reference(AnimateSubPanel, Panel):
     bl_idname = "ANIMATE_PT_reference"
     bl_label = "Reference"
-    bl_parent_id = "ANIMATE_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = split_layout(self.layout)
         settings = context.scene.animate_anyone
         layout.prop(settings, "reference_source", expand=True)
         if settings.reference_source == "RENDER":
@@ -205,16 +209,12 @@ class ANIMATE_PT_reference(AnimatePanel, Panel):
             layout.prop(settings, "reference_image")
 
 
-class ANIMATE_PT_generation(AnimatePanel, Panel):
+class ANIMATE_PT_generation(AnimateSubPanel, Panel):
     bl_idname = "ANIMATE_PT_generation"
     bl_label = "Generation"
-    bl_parent_id = "ANIMATE_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = split_layout(self.layout)
         settings = context.scene.animate_anyone
         col = layout.column(align=True)
         col.prop(settings, "steps")
@@ -228,16 +228,12 @@ class ANIMATE_PT_generation(AnimatePanel, Panel):
         layout.prop(settings, "retarget")
 
 
-class ANIMATE_PT_output(AnimatePanel, Panel):
+class ANIMATE_PT_output(AnimateSubPanel, Panel):
     bl_idname = "ANIMATE_PT_output"
     bl_label = "Output"
-    bl_parent_id = "ANIMATE_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = split_layout(self.layout)
         settings = context.scene.animate_anyone
         layout.prop(settings, "output_dir")
         layout.prop(settings, "import_mode")
